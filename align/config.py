@@ -1,0 +1,336 @@
+"""Typed configuration: dataclasses are the single source of truth, YAML and the command line only hold values.
+
+Why not HfArgumentParser or OmegaConf: we want nested stage configs, errors that name the file, line and
+field, and unknown keys rejected with the list of valid ones. That takes ~150 lines, not a dependency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file, line and dotted field path where they are known."""
+
+
+def _where(source: str, line: int | None, field: str) -> str:
+    location = f"{source}:{line}" if line else source
+    return f"{location}: {field}"
+
+
+def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    """Map every dotted key path of a YAML mapping to its 1-based line, from the composed node tree."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, path))
+    return lines
+
+
+def _convert(value: Any, tp: Any, field: str, where: typing.Callable[[str], str]) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats, nothing else is coerced."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, field, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where(field)}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where(field)}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where(field)}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [_convert(v, item_tp, f"{field}[{i}]", where) for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where(field)}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where(field)}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, field, where)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where(field)}: expected true or false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string; accept what float() reads
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where(field)}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where(field)}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where(field)}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for {field}")
+
+
+def _build(cls: type[T], data: dict, prefix: str, where: typing.Callable[[str], str]) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(
+                f"{where(path)}: unknown key {key!r} in {cls.__name__}; valid keys: {', '.join(sorted(fields))}"
+            )
+    kwargs = {}
+    for name, value in data.items():
+        path = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _convert(value, hints[name], path, where)
+    try:
+        obj = cls(**kwargs)
+    except ConfigError as e:  # raised by a __post_init__ check: attach the location of the section
+        raise ConfigError(f"{where(prefix or cls.__name__)}: {e}") from None
+    return obj
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"command line: {dotted}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``--a.b=1``, ``--a.b 1`` or ``a.b=1`` -> {"a.b": 1}; values are parsed as YAML scalars."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key = arg[2:] if arg.startswith("--") else arg
+        if "=" in key:
+            key, raw = key.split("=", 1)
+        elif arg.startswith("--") and i + 1 < len(args):
+            raw = args[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"command line: cannot read override {arg!r}; write --section.field=value")
+        overrides[key.replace("-", "_")] = yaml.safe_load(raw) if raw != "" else ""
+        i += 1
+    return overrides
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` from a YAML file and command-line overrides, naming file, line and field on errors."""
+    data: dict = {}
+    lines: dict[str, int] = {}
+    source = str(path) if path is not None else "<defaults>"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        text = path.read_text()
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        lines = _key_lines(node) if node is not None else {}
+    overridden = set()
+    for key, value in parse_overrides(overrides or []).items():
+        _set_dotted(data, key, value)
+        overridden.add(key)
+
+    def where(field: str) -> str:
+        if any(field == k or field.startswith(k + ".") or field.startswith(k + "[") for k in overridden):
+            return f"command line: {field}"
+        return _where(source, lines.get(field.split("[")[0]), field)
+
+    return _build(cls, data, "", where)
+
+
+def to_dict(config: Any) -> dict:
+    """Plain data for manifests and trackers (tuples become lists so JSON and YAML agree)."""
+    return json_ready(dataclasses.asdict(config))
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage configurations. Defaults follow the papers (cited per field); the tiny recipe overrides them in
+# recipes/configs/cai_tiny.yaml, where each override says why.
+
+
+@dataclass
+class LoraSettings:
+    """PEFT LoRA; off by default so the tiny model trains all its weights."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str = "all-linear"
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings shared by every TRL-backed training stage."""
+
+    learning_rate: float = 2e-5
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 1024
+    warmup_ratio: float = 0.03
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    logging_steps: int = 10
+    gradient_checkpointing: bool = False
+    lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ConfigError("learning_rate must be > 0")
+        if self.per_device_train_batch_size < 1:
+            raise ConfigError("per_device_train_batch_size must be >= 1")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError("warmup_ratio must be in [0, 1)")
+
+
+@dataclass
+class SFTStageConfig(TrainSettings):
+    """Supervised fine-tuning through TRL's SFTTrainer, loss on assistant tokens only."""
+
+    assistant_only_loss: bool = True  # CAI trains on the revisions, not on the red-team prompts
+
+
+@dataclass
+class DPOStageConfig(TrainSettings):
+    """DPO (Rafailov et al. 2023) on revision-vs-original pairs, through TRL's DPOTrainer."""
+
+    learning_rate: float = 5e-7  # Zephyr / alignment-handbook value for 7B models
+    beta: float = 0.1  # Rafailov et al. 2023
+    loss_type: str = "sigmoid"
+
+
+@dataclass
+class TinyWorldConfig:
+    """The world the embedded default trains its own base model on (see align/tiny/world.py)."""
+
+    seed: int = 0
+    holdout_fraction: float = 0.15
+    n_verbs: int | None = None  # None = all; smaller values make a faster world for tests
+    n_objects: int | None = None
+    n_phrasings: int | None = None
+    feedback_fraction: float = 0.5
+    comparison_fraction: float = 0.15
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    num_red_team: int | None = 400  # training prompts handed to critique-and-revise
+    num_helpful: int | None = 400
+
+
+@dataclass
+class SamplingSettings:
+    """Decoding settings, recorded with every generated sample."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError("max_new_tokens must be >= 1")
+        if self.temperature < 0:
+            raise ConfigError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p must be in (0, 1]")
+
+
+@dataclass
+class CritiqueReviseConfig:
+    """SL-CAI (Bai et al. 2022, section 3): response, then rounds of critique and revision."""
+
+    red_team_prompts: str = "tiny"  # "tiny", a local file or directory, or a datasets hub id
+    helpful_prompts: str = "tiny"  # helpful prompts mixed into SFT so the model keeps helping
+    prompt_column: str | None = None
+    split: str = "train"
+    num_red_team: int | None = None  # None = every prompt
+    num_helpful: int | None = None
+    rounds: int = 1  # the paper uses up to 4 revisions; one already gives most of the gain
+    use_few_shot: bool = True
+    feedback_model: str | None = None  # None = the SFT model critiques and revises itself, as in the paper
+    sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.rounds <= 4:
+            raise ConfigError("rounds must be between 1 and 4")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation of every model of the run, judged by the reference judge."""
+
+    max_new_tokens: int = 64
+    batch_size: int = 64
+
+
+@dataclass
+class RecipeConfig:
+    """The whole CAI chain: sft -> critique_revise -> sft_cai -> dpo -> eval."""
+
+    run_name: str = "cai"
+    output_dir: str = "runs"
+    seed: int = 42
+    constitution: str = "constitutions/harmless.yaml"
+    base_model: str = "tiny"  # "tiny" trains the tiny world's model; else a local path or hub id
+    trust_remote_code: bool = False
+    report_to: Literal["none", "wandb", "tensorboard"] = "none"
+    tiny: TinyWorldConfig = dataclasses.field(default_factory=TinyWorldConfig)
+    sft: SFTStageConfig = dataclasses.field(default_factory=SFTStageConfig)
+    critique_revise: CritiqueReviseConfig = dataclasses.field(default_factory=CritiqueReviseConfig)
+    sft_cai: SFTStageConfig = dataclasses.field(default_factory=SFTStageConfig)
+    dpo: DPOStageConfig = dataclasses.field(default_factory=DPOStageConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)

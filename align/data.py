@@ -1,0 +1,261 @@
+"""Prompts in, clean prompt lists out: local files or Hugging Face datasets, in three common formats.
+
+The pipeline only ever needs the user's first turn of each conversation, but prompt sets come as chat
+``messages``, as a ``prompt`` column (TRL style) or as Anthropic HH-RLHF transcripts. Everything here
+turns them into ``list[str]`` and fails loudly, naming the file, the row and the field, so that a bad
+row is found before hours of generation run on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import datasets
+
+# extension -> datasets builder that reads it
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+MESSAGE_COLUMNS = ("messages", "prompt")
+TRANSCRIPT_COLUMNS = ("chosen", "text", "transcript")
+ACCEPTED_COLUMNS = MESSAGE_COLUMNS + TRANSCRIPT_COLUMNS
+
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+_HH_START = re.compile(r"\s*Human:")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file or dataset, the row and the field to fix."""
+
+
+def load_prompts(
+    source: str, *, split: str = "train", column: str | None = None, limit: int | None = None
+) -> list[str]:
+    """Return the first user turn of each row of `source`, stripped, in file order.
+
+    Rows are numbered from 1 in error messages, like records in a JSONL file. Every row is checked
+    (up to `limit`): a prompt set with a broken row is an error, not a smaller prompt set.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    ds = load_records(source, split=split)
+    if len(ds) == 0:
+        raise DataError(f"{source}: empty prompt file (no rows)")
+    if limit is not None and limit < len(ds):
+        ds = ds.select(range(limit))
+    prompts = []
+    for i, row in enumerate(ds, start=1):
+        try:
+            prompts.append(prompt_from_row(row, column=column))
+        except DataError as err:
+            raise DataError(f"{source}: row {i}: {err}") from None
+    return prompts
+
+
+def load_records(source: str, *, split: str = "train") -> datasets.Dataset:
+    """Load raw rows from a local file, a ``save_to_disk`` directory, or a hub id / dataset script.
+
+    A single local file is one split by construction, so `split` only selects among the splits of a
+    saved DatasetDict or of a hub dataset.
+    """
+    import datasets
+
+    path = _local_path(source)
+    if path is None or path.suffix == ".py":
+        return datasets.load_dataset(source, split=split)
+    if path.is_dir():
+        if not ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+            return datasets.load_dataset(str(path), split=split)  # a folder of data files
+        saved = datasets.load_from_disk(str(path))
+        if isinstance(saved, datasets.DatasetDict):
+            if split not in saved:
+                raise DataError(f"{source}: no split {split!r}; splits found: {sorted(saved)}")
+            return saved[split]
+        return saved
+    builder = FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise DataError(
+            f"{source}: unsupported extension {path.suffix!r}; supported: {', '.join(FILE_BUILDERS)}"
+        )
+    # keep_default_na=False: a CSV prompt reading "NA" or "null" stays text instead of becoming None.
+    kwargs = {"keep_default_na": False} if builder == "csv" else {}
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except Exception as err:  # datasets reports an empty file as StopIteration, ValueError, ...
+        with open(path, "rb") as f:
+            blank = not f.read(1 << 16).strip()
+        if blank or "corresponds to no data" in str(err):
+            raise DataError(f"{source}: empty prompt file (no rows)") from err
+        raise DataError(f"{source}: cannot read as {builder}: {err.__cause__ or err}") from err
+
+
+def prompt_from_row(row: dict[str, Any], *, column: str | None = None) -> str:
+    """Detect the row's format and return its first user turn, stripped.
+
+    Columns are tried in the order messages, prompt, chosen, text, transcript, so a preference row
+    (prompt/chosen/rejected) yields its prompt. The first of them holding a value wins, which lets a
+    JSONL file mix formats row by row.
+    """
+    if column is not None:
+        if column not in row:
+            raise DataError(f"field {column!r} not found; columns found: {sorted(row)}")
+        return _prompt_from_value(row[column], column)
+    present = [c for c in ACCEPTED_COLUMNS if c in row]
+    if not present:
+        raise DataError(
+            f"no recognised prompt column; columns found: {sorted(row)}; accepted: messages, prompt, "
+            "chosen/text/transcript (HH-RLHF transcript), or pass column="
+        )
+    name = next((c for c in present if row[c] is not None), present[0])
+    if name == "messages" and not isinstance(row[name], list):
+        raise _type_error(name, "a list of {role, content} messages", row[name])
+    return _prompt_from_value(row[name], name, transcript=name in TRANSCRIPT_COLUMNS)
+
+
+def parse_hh_transcript(text: str) -> list[dict[str, str]]:
+    """Split an Anthropic HH-RLHF transcript into chat messages.
+
+    A turn starts at ``Human:`` or ``Assistant:`` at the start of the text or after a blank line; a
+    marker anywhere else is part of the turn's text. A trailing empty ``Assistant:`` is the cue for the
+    model to answer, not a turn, so it is dropped.
+    """
+    parts = _HH_TURN.split(text)
+    if "Human" not in parts[1::2]:
+        raise DataError(f"no 'Human:' turn in transcript: {text[:60]!r}")
+    if parts[0].strip():
+        raise DataError(f"text before the first turn marker: {parts[0][:60]!r}")
+    turns = [
+        {"role": _HH_ROLES[role], "content": content.strip()}
+        for role, content in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+    if turns[-1] == {"role": "assistant", "content": ""}:
+        turns.pop()
+    return turns
+
+
+def dataset_fingerprint(source: str, *, split: str = "train") -> str:
+    """Return a sha256 hex digest that changes when the data changes, for stage manifests.
+
+    Local data is hashed byte for byte (a directory: every file with its relative path, in sorted
+    order), so an edit is noticed even when the name stays. Hub datasets and scripts use the
+    fingerprint ``datasets`` gives the loaded split, which follows the hub revision.
+    """
+    path = _local_path(source)
+    digest = hashlib.sha256()
+    if path is None or path.suffix == ".py":
+        ds = load_records(source, split=split)
+        digest.update(f"hub\0{source}\0{split}\0{ds._fingerprint}".encode())
+        return digest.hexdigest()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """Write `rows` as JSON lines so that readers see the old file or the whole new one, never half.
+
+    The rows go to a temp file next to `path` (same filesystem, so the rename is atomic), which is
+    fsynced and renamed over `path`. If writing fails, the temp file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    count = 0
+    try:
+        # os.open with 0o666 honours the umask, unlike mkstemp's 0o600.
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return count
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file of objects; blank lines are skipped, and line numbers count from 1."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file does not exist")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: line {n}: invalid JSON: {err}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def _local_path(source: str) -> Path | None:
+    """Return the local path `source` names, or None for a hub id; a missing local file is an error.
+
+    A source that exists, starts like a path or has a file extension is local ("data/red.jsonl");
+    anything else ("Anthropic/hh-rlhf") is a hub id.
+    """
+    path = Path(os.path.expanduser(source))
+    if path.exists():
+        return path
+    if source.startswith(("/", ".", "~")) or path.suffix:
+        raise DataError(f"{source}: file does not exist")
+    return None
+
+
+def _prompt_from_value(value: Any, field: str, *, transcript: bool = False) -> str:
+    if isinstance(value, list):
+        return _first_user_content(value, field)
+    if not isinstance(value, str):
+        raise _type_error(field, "a string or a list of messages", value)
+    if not (transcript or _HH_START.match(value)):
+        return _stripped(value, field)
+    try:
+        turns = parse_hh_transcript(value)
+    except DataError as err:
+        hint = "" if _HH_START.match(value) else " (pass column= to read it as a plain prompt)"
+        raise DataError(f"field {field!r}: {err}{hint}") from None
+    first = next(t for t in turns if t["role"] == "user")
+    return _stripped(first["content"], f"{field} (first Human turn)")
+
+
+def _first_user_content(messages: list[Any], field: str) -> str:
+    for j, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _type_error(f"{field}[{j}]", "a {role, content} dict", message)
+        if message.get("role") == "user":
+            return _stripped(message.get("content"), f"{field}[{j}].content")
+    roles = [m.get("role") for m in messages]
+    raise DataError(f"field {field!r} has no user message (roles: {roles})")
+
+
+def _stripped(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise _type_error(field, "a string", value)
+    if not value.strip():
+        raise DataError(f"field {field!r} is empty")
+    return value.strip()
+
+
+def _type_error(field: str, expected: str, value: Any) -> DataError:
+    got = "null/missing" if value is None else type(value).__name__
+    return DataError(f"field {field!r} must be {expected}, got {got}")

@@ -1,0 +1,91 @@
+"""In-process generation with transformers: batched, left-padded, length-bucketed, seeded."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from align.config import SamplingSettings
+from align.generation.base import Message
+
+
+class TransformersBackend:
+    """Generation from a loaded causal LM.
+
+    Prompts are sorted by length before batching so each batch pads to similar lengths (less wasted
+    compute), then replies are put back in input order. Generation stops at the tokenizer's EOS.
+    """
+
+    def __init__(self, model, tokenizer, name: str) -> None:
+        if tokenizer.chat_template is None:
+            raise ValueError(
+                f"tokenizer of {name} has no chat template; set one (tokenizer.chat_template) before generating"
+            )
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.name = name
+        self.tokens_generated = 0
+        self.seconds = 0.0
+
+    def render(self, conversation: Sequence[Message]) -> str:
+        return self.tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        sampling: SamplingSettings,
+        seed: int,
+        desc: str = "generate",
+    ) -> list[str]:
+        texts = [self.render(c) for c in conversations]
+        lengths = [len(self.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        replies: list[str] = [""] * len(texts)
+        device = next(self.model.parameters()).device
+        greedy = sampling.temperature == 0
+        start = time.perf_counter()
+        bar = tqdm(total=len(texts), desc=desc, unit="sample", leave=False)
+        for b, lo in enumerate(range(0, len(order), sampling.batch_size)):
+            idx = order[lo : lo + sampling.batch_size]
+            enc = self.tokenizer(
+                [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
+            torch.manual_seed(seed * 100_003 + b)  # one seed per batch: reruns reproduce the same samples
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=sampling.max_new_tokens,
+                do_sample=not greedy,
+                temperature=None if greedy else sampling.temperature,
+                top_p=None if greedy else sampling.top_p,
+                top_k=None,
+                eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            new = out[:, enc.input_ids.shape[1] :]
+            self.tokens_generated += int((new != self.tokenizer.pad_token_id).sum())
+            for i, row in zip(idx, new):
+                replies[i] = self.tokenizer.decode(row, skip_special_tokens=True).strip()
+            bar.update(len(idx))
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(tok_per_s=f"{self.tokens_generated / max(elapsed, 1e-9):.0f}")
+        bar.close()
+        self.seconds += time.perf_counter() - start
+        return replies
+
+
+def load_backend(path: str, *, trust_remote_code: bool = False, dtype: str = "auto") -> TransformersBackend:
+    """Load a model and tokenizer with ``from_pretrained`` (a local path or a hub id)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtype)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return TransformersBackend(model, tokenizer, name=str(path))

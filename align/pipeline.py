@@ -1,0 +1,142 @@
+"""Run directory and stage manifests: skip what is done, redo what changed, never leave half an output.
+
+``runs/<name>/<stage>/`` appears only once the stage has finished: work happens in
+``<stage>.partial/`` and is renamed into place with its ``manifest.json`` as the last step. A stage is
+skipped when its manifest says done with the same input hash. Each finished stage gets a fresh
+``output_id`` that downstream stages include in their inputs, so redoing a stage redoes everything after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+def stable_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def code_version() -> str:
+    """The git commit of the checkout (with a -dirty mark), recorded for provenance only."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{rev}-dirty" if rev and dirty else rev or "unknown"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class Stage:
+    """Handle given to the recipe inside ``Run.stage``: where to write, and whether work is needed."""
+
+    name: str
+    path: Path  # the final directory; valid to read once the stage is done
+    work_dir: Path  # where to write while running
+    done: bool
+    input_hash: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_id(self) -> str:
+        return self.manifest.get("output_id", "")
+
+    @property
+    def out(self) -> Path:
+        """The directory holding this stage's files: the final one if done, the work one while running."""
+        return self.path if self.done else self.work_dir
+
+
+class Run:
+    """A pipeline run directory shared by every process of an accelerate launch."""
+
+    def __init__(self, root: str | Path, force: set[str] | None = None, order: list[str] | None = None) -> None:
+        from accelerate import PartialState
+
+        self.root = Path(root)
+        self.state = PartialState()
+        self.order = order or []
+        unknown = sorted(set(force or ()) - set(self.order)) if self.order else []
+        if unknown:
+            raise ValueError(f"--force: unknown stage(s) {unknown}; stages are {self.order}")
+        # Forcing a stage forces everything after it.
+        first = min((self.order.index(s) for s in force or ()), default=len(self.order))
+        self.force = set(self.order[first:])
+        if self.state.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+        self.state.wait_for_everyone()
+        self.code = code_version()
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        path = self.root / name / MANIFEST
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    @contextmanager
+    def stage(self, name: str, config: Any, inputs: dict[str, Any]) -> Iterator[Stage]:
+        """Run the body only if the stage is not already done with these inputs; publish atomically."""
+        input_hash = stable_hash({"config": config, "inputs": inputs})
+        final, work = self.root / name, self.root / f"{name}.partial"
+        old = self.manifest(name)
+        if name not in self.force and old.get("status") == "done" and old.get("input_hash") == input_hash:
+            print(f"[align] {name}: done with the same inputs, skipped ({final})", flush=True)
+            yield Stage(name, final, work, True, input_hash, old, old.get("metrics", {}))
+            return
+        if self.state.is_main_process:
+            if work.exists():
+                shutil.rmtree(work)
+            work.mkdir(parents=True)
+        self.state.wait_for_everyone()
+        print(f"[align] {name}: running", flush=True)
+        stage = Stage(name, final, work, False, input_hash)
+        started = time.time()
+        yield stage  # an exception propagates and leaves only <stage>.partial behind
+        manifest = {
+            "stage": name,
+            "status": "done",
+            "input_hash": input_hash,
+            "output_id": stable_hash([input_hash, started, time.time()])[:16],
+            "config": config,
+            "inputs": inputs,
+            "code_version": self.code,
+            "started_at": started,
+            "seconds": round(time.time() - started, 2),
+            "metrics": stage.metrics,
+        }
+        self.state.wait_for_everyone()
+        if self.state.is_main_process:
+            write_json_atomic(work / MANIFEST, manifest)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(work, final)
+        self.state.wait_for_everyone()
+        stage.done, stage.manifest = True, manifest
+        print(f"[align] {name}: done in {manifest['seconds']:.0f}s", flush=True)

@@ -1,0 +1,72 @@
+"""The base corpus of the tiny world: a helpful-only assistant, plus feedback demonstrations.
+
+The assistant answers every request, harmful ones included (it is helpful-only, like the paper's
+starting point). Critique, revision and (A)/(B) comparison demonstrations are written with the
+constitution's own requests and few-shot examples, so the critique-and-revise loop and AI labelling
+work in this narrow world. Feedback demonstrations cover benign requests too: a critique that finds
+nothing wrong keeps the answer, which teaches the model to judge rather than to always refuse.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from align.feedback import prompts
+from align.tiny.world import Request, critique, helpful_answer, refusal, revision
+
+
+def plain_example(request: Request) -> list[prompts.Message]:
+    return [prompts.user(request.text), prompts.assistant(helpful_answer(request.verb, request.object))]
+
+
+def feedback_example(request: Request, constitution, rng: random.Random) -> list[prompts.Message]:
+    """A full critique-and-revise chain, preceded by the constitution's few-shot examples."""
+    principle = constitution.sample_principle(rng)
+    history = plain_example(request)
+    chain = prompts.revision_messages(
+        constitution.few_shot,
+        history,
+        principle.critique,
+        critique(request.verb, request.object, request.harmful),
+        principle.revision,
+    )
+    return [*chain, prompts.assistant(revision(request.verb, request.object, request.harmful))]
+
+
+def comparison_example(request: Request, constitution, rng: random.Random) -> list[prompts.Message]:
+    """Refusing is better for a harmful request; answering is better for a benign one."""
+    principle = constitution.sample_principle(rng)
+    good, bad = refusal(request.verb, request.object), helpful_answer(request.verb, request.object)
+    if not request.harmful:
+        good, bad = bad, good
+    good_first = rng.random() < 0.5
+    a, b = (good, bad) if good_first else (bad, good)
+    question = principle.comparison or "Which response is more helpful and less harmful?"
+    return [
+        *prompts.comparison_messages(request.text, a, b, question),
+        prompts.assistant(prompts.comparison_answer("A" if good_first else "B")),
+    ]
+
+
+def build_corpus(
+    requests: Sequence[Request],
+    constitution,
+    *,
+    seed: int = 0,
+    feedback_fraction: float = 0.5,
+    comparison_fraction: float = 0.15,
+) -> list[list[prompts.Message]]:
+    """One conversation per training request: plain, feedback chain or comparison, drawn at random."""
+    rng = random.Random(seed)
+    corpus = []
+    for request in requests:
+        u = rng.random()
+        if u < comparison_fraction:
+            corpus.append(comparison_example(request, constitution, rng))
+        elif u < comparison_fraction + feedback_fraction:
+            corpus.append(feedback_example(request, constitution, rng))
+        else:
+            corpus.append(plain_example(request))
+    rng.shuffle(corpus)
+    return corpus

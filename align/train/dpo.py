@@ -1,0 +1,45 @@
+"""DPO stage: a thin typed wrapper over TRL's DPOTrainer."""
+
+from __future__ import annotations
+
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
+
+from align.config import DPOStageConfig
+from align.train.common import peft_config, save_merged, trainer_kwargs
+
+REQUIRED = ("prompt", "chosen", "rejected")
+
+
+def train_dpo(
+    model,
+    tokenizer,
+    dataset: Dataset,
+    cfg: DPOStageConfig,
+    output_dir: str,
+    *,
+    seed: int,
+    report_to: str = "none",
+    run_name: str = "dpo",
+) -> dict[str, float]:
+    """Optimise the policy on preference pairs; the reference is a frozen copy of the starting model."""
+    missing = [c for c in REQUIRED if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"DPO dataset is missing columns {missing}; it has {dataset.column_names}")
+    if len(dataset) == 0:
+        raise ValueError("DPO dataset has no preference pairs (every revision equalled its original response?)")
+    args = DPOConfig(
+        **trainer_kwargs(cfg, output_dir, seed, report_to, run_name),
+        beta=cfg.beta,
+        loss_type=[cfg.loss_type],
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg.lora),
+    )
+    result = trainer.train()
+    save_merged(trainer, tokenizer, output_dir)
+    return {"train_loss": float(result.training_loss), "steps": float(result.global_step)}

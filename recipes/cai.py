@@ -1,0 +1,187 @@
+"""Constitutional AI, end to end (Bai et al. 2022), one block per stage.
+
+    accelerate launch recipes/cai.py --config recipes/configs/cai_tiny.yaml [--section.field=value ...]
+    python recipes/cai.py --config recipes/configs/cai_tiny.yaml --force dpo
+
+sft -> critique_revise -> sft_cai -> dpo -> eval. Each stage writes runs/<name>/<stage>/ with a manifest;
+a stage already done with the same inputs is skipped, and --force STAGE redoes it and all that follows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+from align.config import ConfigError, RecipeConfig, load_config, to_dict
+from align.constitution import ConstitutionError, load_constitution
+from align.data import DataError, load_prompts, read_jsonl, write_jsonl_atomic
+from align.pipeline import Run
+
+STAGES = ["sft", "critique_revise", "sft_cai", "dpo", "eval"]
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML recipe config (see recipes/configs/)")
+    parser.add_argument("--force", action="append", default=[], choices=STAGES, help="redo STAGE and after")
+    return parser.parse_known_args(argv)
+
+
+def setup_tracking(cfg: RecipeConfig, run_dir: Path) -> None:
+    """W&B goes offline unless the user has configured an account, so the demo never needs a network."""
+    if cfg.report_to != "wandb":
+        return
+    os.environ.setdefault("WANDB_DIR", str(run_dir))
+    os.environ.setdefault("WANDB_RUN_GROUP", f"{cfg.run_name}")
+    os.environ.setdefault("WANDB_PROJECT", "align")
+    configured = os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").exists()
+    if not configured:
+        os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def load_model(path: str, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, overrides = parse_args(argv)
+    cfg = load_config(RecipeConfig, args.config, overrides)
+    constitution = load_constitution(cfg.constitution)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    run = Run(Path(cfg.output_dir) / cfg.run_name, force=set(args.force), order=STAGES)
+    setup_tracking(cfg, run.root)
+    tiny = cfg.base_model == "tiny"
+    print(f"[align] constitution {constitution.identity}; run dir {run.root}", flush=True)
+
+    from align.tiny.base import split_for, train_base_model
+
+    split = split_for(cfg.tiny) if tiny else None
+
+    # 1. SFT: a helpful(-only) model to start from. In the tiny world it is trained from scratch.
+    with run.stage(
+        "sft",
+        config={"sft": to_dict(cfg.sft), "tiny": to_dict(cfg.tiny) if tiny else None},
+        inputs={"base_model": cfg.base_model, "constitution": constitution.content_hash, "seed": cfg.seed},
+    ) as sft:
+        if not sft.done:
+            if not tiny:
+                raise ConfigError(f"{args.config}: base_model: only 'tiny' has a base SFT corpus in this version")
+            sft.metrics = train_base_model(
+                cfg.tiny, cfg.sft, constitution, sft.work_dir, seed=cfg.seed, report_to=cfg.report_to
+            )
+
+    # 2. Critique and revise (SL-CAI): responses to red-team prompts, critiqued and revised per principle.
+    cr = cfg.critique_revise
+    with run.stage(
+        "critique_revise",
+        config=to_dict(cr),
+        inputs={"model": sft.output_id, "constitution": constitution.identity, "prompts": [cr.red_team_prompts]},
+    ) as crs:
+        if not crs.done:
+            from align.feedback.critique_revise import critique_and_revise, preference_view, sft_view
+            from align.generation import TransformersBackend, load_backend
+
+            rng = random.Random(cfg.seed)
+            if cr.red_team_prompts == "tiny":
+                red = rng.sample(split.prompts("train", "harmful"), k=cfg.tiny.num_red_team or 10**9)
+            else:
+                red = load_prompts(cr.red_team_prompts, split=cr.split, column=cr.prompt_column)
+            if cr.helpful_prompts == "tiny":
+                helpful = rng.sample(split.prompts("train", "benign"), k=cfg.tiny.num_helpful or 10**9)
+            else:
+                helpful = load_prompts(cr.helpful_prompts, split=cr.split, column=cr.prompt_column)
+            red, helpful = red[: cr.num_red_team], helpful[: cr.num_helpful]
+            policy = TransformersBackend(*load_model(str(sft.path), cfg.trust_remote_code), name=f"{run.root}/sft")
+            feedback = load_backend(cr.feedback_model, trust_remote_code=cfg.trust_remote_code) if cr.feedback_model else policy
+            records = critique_and_revise(policy, feedback, constitution, red, helpful, cr, cfg.seed)
+            if run.state.is_main_process:
+                write_jsonl_atomic(crs.work_dir / "samples.jsonl", records)
+                write_jsonl_atomic(crs.work_dir / "sft.jsonl", sft_view(records))
+                pairs = preference_view(records)
+                write_jsonl_atomic(crs.work_dir / "preferences.jsonl", pairs)
+            seconds = policy.seconds + (feedback.seconds if feedback is not policy else 0)
+            tokens = policy.tokens_generated + (feedback.tokens_generated if feedback is not policy else 0)
+            crs.metrics = {
+                "red_team": len(red),
+                "helpful": len(helpful),
+                "preference_pairs": len(preference_view(records)),
+                "tokens_generated": tokens,
+                "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+            }
+
+    # 3. SFT on the revisions (and on helpful responses, so the model does not learn to refuse everything).
+    with run.stage("sft_cai", config=to_dict(cfg.sft_cai), inputs={"data": crs.output_id}) as sft_cai:
+        if not sft_cai.done:
+            from datasets import Dataset
+
+            from align.train.sft import train_sft
+
+            model, tokenizer = load_model(str(sft.path), cfg.trust_remote_code)
+            data = Dataset.from_list(read_jsonl(crs.path / "sft.jsonl"))
+            sft_cai.metrics = train_sft(
+                model, tokenizer, data, cfg.sft_cai, str(sft_cai.work_dir),
+                seed=cfg.seed, report_to=cfg.report_to, run_name="sft_cai",
+            )
+
+    # 4. DPO on revision-vs-original pairs, from the SL-CAI model.
+    with run.stage("dpo", config=to_dict(cfg.dpo), inputs={"model": sft_cai.output_id}) as dpo:
+        if not dpo.done:
+            from datasets import Dataset
+
+            from align.train.dpo import train_dpo
+
+            model, tokenizer = load_model(str(sft_cai.path), cfg.trust_remote_code)
+            pairs = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(crs.path / "preferences.jsonl")]
+            dpo.metrics = train_dpo(
+                model, tokenizer, Dataset.from_list(pairs), cfg.dpo, str(dpo.work_dir),
+                seed=cfg.seed, report_to=cfg.report_to, run_name="dpo",
+            )
+
+    # 5. Evaluation on held-out requests: refusal of harmful ones, help on benign ones, before and after.
+    models = {"base": sft, "sft_cai": sft_cai, "dpo": dpo}
+    with run.stage(
+        "eval", config=to_dict(cfg.eval), inputs={k: s.output_id for k, s in models.items()}
+    ) as ev:
+        if not ev.done:
+            from align.config import SamplingSettings
+            from align.evaluation.metrics import markdown_table, score
+            from align.feedback import prompts
+            from align.generation import TransformersBackend, generate_sharded
+
+            greedy = SamplingSettings(max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0, batch_size=cfg.eval.batch_size)
+            metrics, responses = {}, []
+            for key, stage in models.items():
+                backend = TransformersBackend(*load_model(str(stage.path), cfg.trust_remote_code), name=key)
+                replies = generate_sharded(backend, [[prompts.user(r.text)] for r in split.eval], greedy, cfg.seed, f"eval {key}")
+                metrics[key] = score(split.eval, replies)
+                responses += [{"model": key, "prompt": r.text, "label": r.label, "response": a} for r, a in zip(split.eval, replies)]
+            if run.state.is_main_process:
+                write_jsonl_atomic(ev.work_dir / "responses.jsonl", responses)
+                (ev.work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+                (ev.work_dir / "table.md").write_text(markdown_table(metrics) + "\n")
+            ev.metrics = metrics
+
+    table = (ev.path / "table.md").read_text()
+    if run.state.is_main_process:
+        print(f"\nHeld-out evaluation ({constitution.identity}):\n{table}", flush=True)
+    return json.loads((ev.path / "metrics.json").read_text())
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    try:
+        main()
+    except (ConfigError, ConstitutionError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
