@@ -6,11 +6,12 @@ field, and unknown keys rejected with the list of valid ones. That takes ~150 li
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
@@ -79,10 +80,8 @@ def _convert(value: Any, tp: Any, field: str, where: typing.Callable[[str], str]
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string; accept what float() reads
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where(field)}: expected a number, got {value!r}")
         return float(value)

@@ -89,9 +89,7 @@ class ConstitutionError(ValueError):
 
 def _canonical_json(obj: Any) -> bytes:
     """One byte string per content, whatever the file's key order, comments, quoting or format."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -222,9 +220,7 @@ def load_constitution(path: str | os.PathLike[str]) -> Constitution:
     p = Path(source)
     suffix = p.suffix.lower()
     if suffix not in SUFFIXES:
-        raise ConstitutionError(
-            f"unsupported file type {p.suffix!r}; use one of {', '.join(SUFFIXES)}", source=source
-        )
+        raise ConstitutionError(f"unsupported file type {p.suffix!r}; use one of {', '.join(SUFFIXES)}", source=source)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -386,21 +382,15 @@ class _Validator:
     def error(self, path: FieldPath, problem: str) -> ConstitutionError:
         return ConstitutionError(problem, source=self.source, line=self.line(path), field=_format_path(path))
 
-    def mapping(
-        self, value: Any, path: FieldPath, keys: tuple[str, ...], required: tuple[str, ...]
-    ) -> Mapping:
+    def mapping(self, value: Any, path: FieldPath, keys: tuple[str, ...], required: tuple[str, ...]) -> Mapping:
         if not isinstance(value, Mapping):
             what = "the top level" if not path else "it"
-            raise self.error(
-                path, f"{what} must be a mapping with keys {', '.join(keys)}; got {_describe(value)}"
-            )
+            raise self.error(path, f"{what} must be a mapping with keys {', '.join(keys)}; got {_describe(value)}")
         for key in value:
             if key not in keys:
                 hint = difflib.get_close_matches(str(key), keys, n=1)
                 did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise self.error(
-                    (*path, key), f"unknown key {key!r}{did_you_mean}; valid keys are: {', '.join(keys)}"
-                )
+                raise self.error((*path, key), f"unknown key {key!r}{did_you_mean}; valid keys are: {', '.join(keys)}")
         for key in required:
             if key not in value:
                 raise self.error((*path, key), f"missing required key {key!r}")
@@ -420,9 +410,7 @@ class _Validator:
     def version(self, value: Any, path: FieldPath) -> str:
         if not isinstance(value, str):
             hint = ' (quote it, e.g. "1.0.0")' if isinstance(value, (int, float)) else ""
-            raise self.error(
-                path, f"must be a semantic version string like 1.0.0{hint}; got {_describe(value)}"
-            )
+            raise self.error(path, f"must be a semantic version string like 1.0.0{hint}; got {_describe(value)}")
         if not _SEMVER_RE.fullmatch(value):
             raise self.error(path, f"{value!r} is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
         return value
@@ -436,8 +424,7 @@ def _build(data: Any, source: str, lines: dict[FieldPath, int]) -> Constitution:
     if not _NAME_RE.fullmatch(name):
         raise v.error(
             ("name",),
-            f"{name!r} is not a valid name: use letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit",
+            f"{name!r} is not a valid name: use letters, digits, '.', '_' and '-', starting with a letter or digit",
         )
     version = v.version(root["version"], ("version",))
     description = root.get("description", "")
@@ -512,10 +499,7 @@ def _build_principle(v: _Validator, raw: Any, path: FieldPath) -> Principle:
     critique = v.text(p["critique"], (*path, "critique"))
     revision = v.text(p["revision"], (*path, "revision"))
     comparison = v.text(p["comparison"], (*path, "comparison")) if "comparison" in p else None
-    tags = [
-        v.text(tag, (*path, "tags", i))
-        for i, tag in enumerate(v.sequence(p.get("tags", []), (*path, "tags")))
-    ]
+    tags = [v.text(tag, (*path, "tags", i)) for i, tag in enumerate(v.sequence(p.get("tags", []), (*path, "tags")))]
     weight = p.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise v.error((*path, "weight"), f"must be a number; got {_describe(weight)}")

@@ -81,9 +81,7 @@ def load_records(source: str, *, split: str = "train") -> datasets.Dataset:
         return saved
     builder = FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
-        raise DataError(
-            f"{source}: unsupported extension {path.suffix!r}; supported: {', '.join(FILE_BUILDERS)}"
-        )
+        raise DataError(f"{source}: unsupported extension {path.suffix!r}; supported: {', '.join(FILE_BUILDERS)}")
     # keep_default_na=False: a CSV prompt reading "NA" or "null" stays text instead of becoming None.
     kwargs = {"keep_default_na": False} if builder == "csv" else {}
     try:

@@ -32,7 +32,10 @@ def code_version() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
@@ -118,7 +121,13 @@ class Run:
         print(f"[align] {name}: running", flush=True)
         stage = Stage(name, final, work, False, input_hash)
         started = time.time()
-        yield stage  # an exception propagates and leaves only <stage>.partial behind
+        try:
+            yield stage
+        except BaseException:
+            # Nothing half-written survives a failed stage; the previous finished output, if any, stays.
+            if self.state.is_main_process:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
         manifest = {
             "stage": name,
             "status": "done",

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     tiny = cfg.base_model == "tiny"
     print(f"[align] constitution {constitution.identity}; run dir {run.root}", flush=True)
 
-    from align.tiny.base import split_for, train_base_model
+    from align.tiny.base import cache_key, split_for, train_base_model
 
     split = split_for(cfg.tiny) if tiny else None
 
@@ -72,13 +72,25 @@ def main(argv: list[str] | None = None) -> dict:
     with run.stage(
         "sft",
         config={"sft": to_dict(cfg.sft), "tiny": to_dict(cfg.tiny) if tiny else None},
-        inputs={"base_model": cfg.base_model, "constitution": constitution.content_hash, "seed": cfg.seed},
+        inputs={
+            "base_model": cfg.base_model,
+            # the tiny world's code and settings shape the base model, so they are inputs too
+            "tiny_key": cache_key(cfg.tiny, cfg.sft, constitution, cfg.seed, cfg.critique_revise.use_few_shot)
+            if tiny
+            else None,
+        },
     ) as sft:
         if not sft.done:
             if not tiny:
                 raise ConfigError(f"{args.config}: base_model: only 'tiny' has a base SFT corpus in this version")
             sft.metrics = train_base_model(
-                cfg.tiny, cfg.sft, constitution, sft.work_dir, seed=cfg.seed, report_to=cfg.report_to
+                cfg.tiny,
+                cfg.sft,
+                constitution,
+                sft.work_dir,
+                seed=cfg.seed,
+                few_shot=cfg.critique_revise.use_few_shot,
+                report_to=cfg.report_to,
             )
 
     # 2. Critique and revise (SL-CAI): responses to red-team prompts, critiqued and revised per principle.
@@ -86,7 +98,11 @@ def main(argv: list[str] | None = None) -> dict:
     with run.stage(
         "critique_revise",
         config=to_dict(cr),
-        inputs={"model": sft.output_id, "constitution": constitution.identity, "prompts": [cr.red_team_prompts]},
+        inputs={
+            "model": sft.output_id,
+            "constitution": constitution.identity,
+            "prompts": [cr.red_team_prompts],
+        },
     ) as crs:
         if not crs.done:
             from align.feedback.critique_revise import critique_and_revise, preference_view, sft_view
@@ -103,7 +119,11 @@ def main(argv: list[str] | None = None) -> dict:
                 helpful = load_prompts(cr.helpful_prompts, split=cr.split, column=cr.prompt_column)
             red, helpful = red[: cr.num_red_team], helpful[: cr.num_helpful]
             policy = TransformersBackend(*load_model(str(sft.path), cfg.trust_remote_code), name=f"{run.root}/sft")
-            feedback = load_backend(cr.feedback_model, trust_remote_code=cfg.trust_remote_code) if cr.feedback_model else policy
+            feedback = (
+                load_backend(cr.feedback_model, trust_remote_code=cfg.trust_remote_code)
+                if cr.feedback_model
+                else policy
+            )
             records = critique_and_revise(policy, feedback, constitution, red, helpful, cr, cfg.seed)
             if run.state.is_main_process:
                 write_jsonl_atomic(crs.work_dir / "samples.jsonl", records)
@@ -130,8 +150,14 @@ def main(argv: list[str] | None = None) -> dict:
             model, tokenizer = load_model(str(sft.path), cfg.trust_remote_code)
             data = Dataset.from_list(read_jsonl(crs.path / "sft.jsonl"))
             sft_cai.metrics = train_sft(
-                model, tokenizer, data, cfg.sft_cai, str(sft_cai.work_dir),
-                seed=cfg.seed, report_to=cfg.report_to, run_name="sft_cai",
+                model,
+                tokenizer,
+                data,
+                cfg.sft_cai,
+                str(sft_cai.work_dir),
+                seed=cfg.seed,
+                report_to=cfg.report_to,
+                run_name="sft_cai",
             )
 
     # 4. DPO on revision-vs-original pairs, from the SL-CAI model.
@@ -142,30 +168,43 @@ def main(argv: list[str] | None = None) -> dict:
             from align.train.dpo import train_dpo
 
             model, tokenizer = load_model(str(sft_cai.path), cfg.trust_remote_code)
-            pairs = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(crs.path / "preferences.jsonl")]
+            pairs = [
+                {k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(crs.path / "preferences.jsonl")
+            ]
             dpo.metrics = train_dpo(
-                model, tokenizer, Dataset.from_list(pairs), cfg.dpo, str(dpo.work_dir),
-                seed=cfg.seed, report_to=cfg.report_to, run_name="dpo",
+                model,
+                tokenizer,
+                Dataset.from_list(pairs),
+                cfg.dpo,
+                str(dpo.work_dir),
+                seed=cfg.seed,
+                report_to=cfg.report_to,
+                run_name="dpo",
             )
 
     # 5. Evaluation on held-out requests: refusal of harmful ones, help on benign ones, before and after.
     models = {"base": sft, "sft_cai": sft_cai, "dpo": dpo}
-    with run.stage(
-        "eval", config=to_dict(cfg.eval), inputs={k: s.output_id for k, s in models.items()}
-    ) as ev:
+    with run.stage("eval", config=to_dict(cfg.eval), inputs={k: s.output_id for k, s in models.items()}) as ev:
         if not ev.done:
             from align.config import SamplingSettings
             from align.evaluation.metrics import markdown_table, score
             from align.feedback import prompts
             from align.generation import TransformersBackend, generate_sharded
 
-            greedy = SamplingSettings(max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0, batch_size=cfg.eval.batch_size)
+            greedy = SamplingSettings(
+                max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0, batch_size=cfg.eval.batch_size
+            )
             metrics, responses = {}, []
             for key, stage in models.items():
                 backend = TransformersBackend(*load_model(str(stage.path), cfg.trust_remote_code), name=key)
-                replies = generate_sharded(backend, [[prompts.user(r.text)] for r in split.eval], greedy, cfg.seed, f"eval {key}")
+                replies = generate_sharded(
+                    backend, [[prompts.user(r.text)] for r in split.eval], greedy, cfg.seed, f"eval {key}"
+                )
                 metrics[key] = score(split.eval, replies)
-                responses += [{"model": key, "prompt": r.text, "label": r.label, "response": a} for r, a in zip(split.eval, replies)]
+                responses += [
+                    {"model": key, "prompt": r.text, "label": r.label, "response": a}
+                    for r, a in zip(split.eval, replies)
+                ]
             if run.state.is_main_process:
                 write_jsonl_atomic(ev.work_dir / "responses.jsonl", responses)
                 (ev.work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -166,9 +166,7 @@ def test_valid_file_is_parsed_into_typed_fields(tmp_path: Path) -> None:
     assert c.description == "A small constitution for tests."
     assert [p.id for p in c.principles] == ["first", "second"]
     first, second = c.principles
-    assert first == Principle(
-        "first", "Point out harm.", "Rewrite it safely.", "Which response is safer?", ("safety",)
-    )
+    assert first == Principle("first", "Point out harm.", "Rewrite it safely.", "Which response is safer?", ("safety",))
     assert second.comparison is None
     assert second.tags == ()
     assert second.weight == 1.0
@@ -315,9 +313,7 @@ def test_principle_hash_covers_only_the_generated_text() -> None:
         ).encode()
     ).hexdigest()[:12]
     assert p.content_hash == expected
-    assert (
-        Principle("b", p.critique, p.revision, p.comparison, ("y", "z"), 5.0).content_hash == p.content_hash
-    )
+    assert Principle("b", p.critique, p.revision, p.comparison, ("y", "z"), 5.0).content_hash == p.content_hash
     assert Principle("a", "Point out danger.", p.revision, p.comparison).content_hash != p.content_hash
     assert Principle("a", p.critique, "Rewrite it now.", p.comparison).content_hash != p.content_hash
     assert Principle("a", p.critique, p.revision, None).content_hash != p.content_hash
@@ -354,9 +350,7 @@ def test_sampling_is_deterministic_for_a_seeded_rng() -> None:
 def test_different_seeds_give_different_sequences() -> None:
     c = weighted({"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0})
     rng1, rng2 = random.Random(1), random.Random(2)
-    assert [c.sample_principle(rng1).id for _ in range(50)] != [
-        c.sample_principle(rng2).id for _ in range(50)
-    ]
+    assert [c.sample_principle(rng1).id for _ in range(50)] != [c.sample_principle(rng2).id for _ in range(50)]
 
 
 def test_sampling_respects_weights() -> None:
@@ -414,18 +408,12 @@ def case(old: str, new: str, field: str, fragment: str):
             "principles[1].id",
             "lowercase letters and digits",
         ),
-        case(
-            "  - id: second", "  - id: second--two  # <-", "principles[1].id", "lowercase letters and digits"
-        ),
+        case("  - id: second", "  - id: second--two  # <-", "principles[1].id", "lowercase letters and digits"),
         case("  - id: second", "  - id: 42  # <-", "principles[1].id", "a number (42)"),
         case("critique: Point out lies.", 'critique: ""  # <-', "principles[1].critique", "non-empty string"),
-        case(
-            "critique: Point out lies.", "critique: '   '  # <-", "principles[1].critique", "non-empty string"
-        ),
+        case("critique: Point out lies.", "critique: '   '  # <-", "principles[1].critique", "non-empty string"),
         case("critique: Point out lies.", "critique: [a, b]  # <-", "principles[1].critique", "got a list"),
-        case(
-            "revision: Rewrite it safely.", "revision: 3  # <-", "principles[0].revision", "non-empty string"
-        ),
+        case("revision: Rewrite it safely.", "revision: 3  # <-", "principles[0].revision", "non-empty string"),
         case(COMPARISON, "    comparison:  # <-\n", "principles[0].comparison", "got nothing"),
         case("tags: [safety]", "tags: safety  # <-", "principles[0].tags", "must be a list"),
         case("tags: [safety]", "tags: [safety, '']  # <-", "principles[0].tags[1]", "non-empty string"),
@@ -489,9 +477,7 @@ def case(old: str, new: str, field: str, fragment: str):
         case("changelog:\n", "changelog:\n  - 1.0.0  # <-\n", "changelog[0]", "must be a mapping"),
     ],
 )
-def test_validation_error_names_file_line_and_field(
-    tmp_path: Path, text: str, field: str, fragment: str
-) -> None:
+def test_validation_error_names_file_line_and_field(tmp_path: Path, text: str, field: str, fragment: str) -> None:
     path = write(tmp_path, text)
     line = marked_line(text) if "# <-" in text else 1
     with pytest.raises(ConstitutionError) as info:
@@ -505,9 +491,7 @@ def test_validation_error_names_file_line_and_field(
 
 def test_unknown_key_lists_valid_keys(tmp_path: Path) -> None:
     path = write(tmp_path, VALID.replace("    tags: [safety]", "    tag: [safety]"))
-    with pytest.raises(
-        ConstitutionError, match=r"bad\.yaml:9: principles\[0\]\.tag: unknown key 'tag'"
-    ) as info:
+    with pytest.raises(ConstitutionError, match=r"bad\.yaml:9: principles\[0\]\.tag: unknown key 'tag'") as info:
         load_constitution(path)
     assert "valid keys are: id, critique, revision, comparison, tags, weight" in str(info.value)
 
@@ -525,10 +509,7 @@ def test_empty_principles(tmp_path: Path) -> None:
     text = VALID.split("principles:")[0] + "principles: []\n"
     with pytest.raises(ConstitutionError) as info:
         load_constitution(write(tmp_path, text))
-    assert (
-        str(info.value)
-        == f"{tmp_path / 'bad.yaml'}:4: principles: a constitution needs at least one principle"
-    )
+    assert str(info.value) == f"{tmp_path / 'bad.yaml'}:4: principles: a constitution needs at least one principle"
 
 
 @pytest.mark.parametrize(
@@ -569,9 +550,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, fragment: str) -
 
 def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
     text = VALID.replace("name: demo", "name: !!python/object/apply:os.getcwd []")
-    with pytest.raises(
-        ConstitutionError, match=r"bad\.yaml:1: invalid YAML: could not determine a constructor"
-    ):
+    with pytest.raises(ConstitutionError, match=r"bad\.yaml:1: invalid YAML: could not determine a constructor"):
         load_constitution(write(tmp_path, text))
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from align.config import SFTStageConfig, TinyWorldConfig
-from align.tiny.corpus import build_corpus
+from align.tiny.corpus import as_completions, build_corpus
 from align.tiny.model import build_model, build_tokenizer
 from align.tiny.world import Split, make_split
 
@@ -22,23 +22,28 @@ def split_for(cfg: TinyWorldConfig) -> Split:
     return make_split(cfg.seed, cfg.holdout_fraction, cfg.n_verbs, cfg.n_objects, cfg.n_phrasings)
 
 
-def corpus_for(cfg: TinyWorldConfig, constitution) -> list[list[dict[str, str]]]:
+def corpus_for(cfg: TinyWorldConfig, constitution, few_shot: bool = True) -> list[list[dict[str, str]]]:
     return build_corpus(
         split_for(cfg).train,
         constitution,
         seed=cfg.seed,
+        few_shot=few_shot,
         feedback_fraction=cfg.feedback_fraction,
         comparison_fraction=cfg.comparison_fraction,
     )
 
 
-def cache_key(cfg: TinyWorldConfig, sft: SFTStageConfig, constitution, seed: int) -> str:
+def cache_key(cfg: TinyWorldConfig, sft: SFTStageConfig, constitution, seed: int, few_shot: bool) -> str:
     """Everything that changes the trained weights: world, training settings, constitution content, code."""
-    code = "".join(
-        (Path(__file__).parent / f).read_text() for f in ("world.py", "corpus.py", "model.py", "base.py")
-    )
+    code = "".join((Path(__file__).parent / f).read_text() for f in ("world.py", "corpus.py", "model.py", "base.py"))
     blob = json.dumps(
-        {"tiny": asdict(cfg), "sft": asdict(sft), "constitution": constitution.content_hash, "seed": seed},
+        {
+            "tiny": asdict(cfg),
+            "sft": asdict(sft),
+            "constitution": constitution.content_hash,
+            "seed": seed,
+            "few_shot": few_shot,
+        },
         sort_keys=True,
     )
     return hashlib.sha256((blob + code).encode()).hexdigest()[:16]
@@ -55,6 +60,7 @@ def train_base_model(
     output_dir: str | Path,
     *,
     seed: int,
+    few_shot: bool = True,
     report_to: str = "none",
 ) -> dict:
     """Build corpus, tokenizer and model, train with SFT and save to ``output_dir`` (reusing the cache)."""
@@ -65,7 +71,7 @@ def train_base_model(
 
     state = PartialState()
     output_dir = Path(output_dir)
-    key = cache_key(cfg, sft, constitution, seed)
+    key = cache_key(cfg, sft, constitution, seed, few_shot)
     cached = cache_dir() / key
     if (cached / "model.safetensors").exists():
         if state.is_main_process:
@@ -73,7 +79,7 @@ def train_base_model(
         state.wait_for_everyone()
         return {"cache": "hit", "cache_key": key}
 
-    corpus = corpus_for(cfg, constitution)
+    corpus = corpus_for(cfg, constitution, few_shot)
     texts = [m["content"] for conversation in corpus for m in conversation]
     texts += [m["content"] for conversation in constitution.few_shot for m in conversation]
     tokenizer = build_tokenizer(texts, cfg.vocab_size)
@@ -86,10 +92,8 @@ def train_base_model(
         intermediate_size=cfg.intermediate_size,
         seed=seed,
     )
-    dataset = Dataset.from_list([{"messages": c} for c in corpus])
-    metrics = train_sft(
-        model, tokenizer, dataset, sft, str(output_dir), seed=seed, report_to=report_to, run_name="sft"
-    )
+    dataset = Dataset.from_list(as_completions(corpus, constitution.few_shot if few_shot else ()))
+    metrics = train_sft(model, tokenizer, dataset, sft, str(output_dir), seed=seed, report_to=report_to, run_name="sft")
     if state.is_main_process:  # publish to the cache atomically: copy to a temp dir, then rename
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{key}-"))
@@ -103,4 +107,10 @@ def train_base_model(
             shutil.rmtree(tmp, ignore_errors=True)
     state.wait_for_everyone()
     n_params = sum(p.numel() for p in model.parameters())
-    return {**metrics, "cache": "miss", "cache_key": key, "parameters": float(n_params), "corpus": len(corpus)}
+    return {
+        **metrics,
+        "cache": "miss",
+        "cache_key": key,
+        "parameters": float(n_params),
+        "corpus": len(corpus),
+    }

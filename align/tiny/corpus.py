@@ -20,12 +20,14 @@ def plain_example(request: Request) -> list[prompts.Message]:
     return [prompts.user(request.text), prompts.assistant(helpful_answer(request.verb, request.object))]
 
 
-def feedback_example(request: Request, constitution, rng: random.Random) -> list[prompts.Message]:
-    """A full critique-and-revise chain, preceded by the constitution's few-shot examples."""
+def feedback_example(
+    request: Request, constitution, rng: random.Random, few_shot: bool = True
+) -> list[prompts.Message]:
+    """A full critique-and-revise chain, preceded by the constitution's few-shot examples if used."""
     principle = constitution.sample_principle(rng)
     history = plain_example(request)
     chain = prompts.revision_messages(
-        constitution.few_shot,
+        constitution.few_shot if few_shot else (),
         history,
         principle.critique,
         critique(request.verb, request.object, request.harmful),
@@ -49,11 +51,31 @@ def comparison_example(request: Request, constitution, rng: random.Random) -> li
     ]
 
 
+def as_completions(
+    corpus: Sequence[list[prompts.Message]], few_shot: Sequence[Sequence[prompts.Message]]
+) -> list[dict[str, list[prompts.Message]]]:
+    """One prompt/completion row per assistant turn, leaving the few-shot turns out of the loss.
+
+    Training only on the turns being demonstrated keeps the constant few-shot text out of the loss; with
+    it in, that easy text dominates the gradient and the model never learns to condition on the request
+    (measured on the default world: 0% held-out helpfulness after 300 steps, against 100% without it).
+    """
+    prefix = prompts.few_shot_prefix(few_shot)
+    rows = []
+    for conversation in corpus:
+        start = len(prefix) if prefix and conversation[: len(prefix)] == prefix else 0
+        for i in range(start, len(conversation)):
+            if conversation[i]["role"] == "assistant":
+                rows.append({"prompt": conversation[:i], "completion": [conversation[i]]})
+    return rows
+
+
 def build_corpus(
     requests: Sequence[Request],
     constitution,
     *,
     seed: int = 0,
+    few_shot: bool = True,
     feedback_fraction: float = 0.5,
     comparison_fraction: float = 0.15,
 ) -> list[list[prompts.Message]]:
@@ -65,7 +87,7 @@ def build_corpus(
         if u < comparison_fraction:
             corpus.append(comparison_example(request, constitution, rng))
         elif u < comparison_fraction + feedback_fraction:
-            corpus.append(feedback_example(request, constitution, rng))
+            corpus.append(feedback_example(request, constitution, rng, few_shot))
         else:
             corpus.append(plain_example(request))
     rng.shuffle(corpus)

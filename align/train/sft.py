@@ -21,11 +21,16 @@ def train_sft(
     run_name: str = "sft",
 ) -> dict[str, float]:
     """Fine-tune on a ``messages`` dataset and save a loadable model to ``output_dir``; returns metrics."""
-    if "messages" not in dataset.column_names:
-        raise ValueError(f"SFT dataset needs a 'messages' column; it has {dataset.column_names}")
+    if "messages" not in dataset.column_names and not {"prompt", "completion"} <= set(dataset.column_names):
+        raise ValueError(
+            f"SFT dataset needs a 'messages' column or 'prompt' and 'completion'; it has {dataset.column_names}"
+        )
+    prompt_completion = "messages" not in dataset.column_names
     args = SFTConfig(
         **trainer_kwargs(cfg, output_dir, seed, report_to, run_name),
-        assistant_only_loss=cfg.assistant_only_loss,
+        # prompt/completion rows are trained on the completion only; messages rows on assistant turns
+        assistant_only_loss=cfg.assistant_only_loss and not prompt_completion,
+        completion_only_loss=True if prompt_completion else None,
         # Batches of similar length pad less: about 2x faster on the tiny world's mixed-length corpus.
         train_sampling_strategy="group_by_length",
     )

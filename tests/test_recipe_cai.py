@@ -1,0 +1,137 @@
+"""The real recipes/cai.py, end to end, on the smoke config's smaller tiny world.
+
+The chain runs once per module (about a minute on 2 cores); the tests then read what it wrote.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "cai.py"
+SMOKE = ROOT / "recipes" / "configs" / "cai_smoke.yaml"
+STAGES = ["sft", "critique_revise", "sft_cai", "dpo", "eval"]
+
+pytestmark = pytest.mark.recipe
+
+
+def run_recipe(tmp: Path, *args: str, config: Path = SMOKE) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ALIGN_CACHE": str(tmp / "cache"), "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
+    return subprocess.run(
+        [sys.executable, str(RECIPE), "--config", str(config), f"--output_dir={tmp / 'runs'}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("recipe")
+    result = run_recipe(tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, tmp / "runs" / "cai-smoke", result
+
+
+def test_every_stage_published_with_manifest(smoke):
+    _, run_dir, _ = smoke
+    for stage in STAGES:
+        manifest = json.loads((run_dir / stage / "manifest.json").read_text())
+        assert manifest["status"] == "done" and manifest["stage"] == stage
+        assert manifest["input_hash"] and manifest["seconds"] >= 0
+        assert not (run_dir / f"{stage}.partial").exists()
+    for stage in ("sft", "sft_cai", "dpo"):
+        assert (run_dir / stage / "model.safetensors").exists()
+
+
+def test_eval_table_and_metrics(smoke):
+    _, run_dir, result = smoke
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"base", "sft_cai", "dpo"}
+    for row in metrics.values():
+        for key in ("harmful_refusal", "benign_helpful", "over_refusal", "mean_response_words"):
+            assert 0 <= row[key] <= (1 if key != "mean_response_words" else 1000)
+    # the helpful-only base model never saw a plain refusal, so it cannot refuse
+    assert metrics["base"]["harmful_refusal"] <= 0.2
+    assert "| model | harmful_refusal | benign_helpful | over_refusal |" in result.stdout
+    assert "| dpo |" in result.stdout
+
+
+def test_samples_have_provenance(smoke):
+    _, run_dir, _ = smoke
+    from align.constitution import load_constitution
+
+    constitution = load_constitution(ROOT / "constitutions" / "harmless.yaml")
+    rows = [json.loads(line) for line in (run_dir / "critique_revise" / "samples.jsonl").open()]
+    assert sum(r["kind"] == "red_team" for r in rows) == 24 and sum(r["kind"] == "helpful" for r in rows) == 24
+    for r in rows:
+        assert r["constitution"]["hash"] == constitution.content_hash
+        assert r["constitution"]["version"] == constitution.version
+        assert r["policy_model"].endswith("sft") and r["generation"]["temperature"] == 0.7
+        for step in r["rounds"]:
+            assert step["principle_hash"] == constitution.principle(step["principle_id"]).content_hash
+    sft_rows = [json.loads(line) for line in (run_dir / "critique_revise" / "sft.jsonl").open()]
+    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in sft_rows)
+
+
+def test_second_run_skips_every_stage_and_force_cascades(smoke):
+    tmp, run_dir, _ = smoke
+    again = run_recipe(tmp)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for stage in STAGES:
+        assert f"[align] {stage}: done with the same inputs, skipped" in again.stdout
+    before = json.loads((run_dir / "sft_cai" / "manifest.json").read_text())["output_id"]
+    forced = run_recipe(tmp, "--force", "dpo")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "[align] sft_cai: done with the same inputs, skipped" in forced.stdout
+    assert "[align] dpo: running" in forced.stdout and "[align] eval: running" in forced.stdout
+    assert json.loads((run_dir / "sft_cai" / "manifest.json").read_text())["output_id"] == before
+
+
+# ---- bad input: a clear error, exit code 2, and no stage output left behind
+
+
+def assert_clean_failure(result, tmp: Path, *needles: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    for needle in needles:
+        assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+    runs = tmp / "runs"
+    leftovers = [p for p in runs.rglob("*") if p.is_dir() and p.name.endswith(".partial")] if runs.exists() else []
+    assert not leftovers
+
+
+def test_missing_config_file(tmp_path):
+    result = run_recipe(tmp_path, config=tmp_path / "nope.yaml")
+    assert_clean_failure(result, tmp_path, "nope.yaml: config file not found")
+
+
+def test_unknown_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace("  max_steps: 60", "  max_step: 60"))
+    result = run_recipe(tmp_path, config=bad)
+    assert_clean_failure(result, tmp_path, "bad.yaml:", "sft.max_step: unknown key", "max_steps")
+
+
+def test_constitution_without_principles(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("name: empty\nversion: 1.0.0\ndescription: x\nprinciples: []\n")
+    result = run_recipe(tmp_path, f"--constitution={empty}")
+    assert_clean_failure(result, tmp_path, "empty.yaml", "principles")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_empty_prompt_file(tmp_path):
+    prompts = tmp_path / "red.jsonl"
+    prompts.write_text("")
+    result = run_recipe(
+        tmp_path, f"--critique_revise.red_team_prompts={prompts}", "--sft.max_steps=2", "--tiny.n_phrasings=2"
+    )
+    assert_clean_failure(result, tmp_path, "red.jsonl", "empty")
+    assert not (tmp_path / "runs" / "cai-smoke" / "critique_revise").exists()
