@@ -19,8 +19,11 @@ STAGES = ["sft", "critique_revise", "sft_cai", "dpo", "eval"]
 pytestmark = pytest.mark.recipe
 
 
-def run_recipe(tmp: Path, *args: str, config: Path = SMOKE) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ALIGN_CACHE": str(tmp / "cache"), "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
+def run_recipe(
+    tmp: Path, *args: str, config: Path = SMOKE, wandb_mode: str = "disabled"
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ALIGN_CACHE": str(tmp / "cache"), "WANDB_MODE": wandb_mode, "TQDM_DISABLE": "1"}
+    env.pop("WANDB_API_KEY", None)
     return subprocess.run(
         [sys.executable, str(RECIPE), "--config", str(config), f"--output_dir={tmp / 'runs'}", *args],
         cwd=ROOT,
@@ -92,6 +95,14 @@ def test_second_run_skips_every_stage_and_force_cascades(smoke):
     assert "[align] sft_cai: done with the same inputs, skipped" in forced.stdout
     assert "[align] dpo: running" in forced.stdout and "[align] eval: running" in forced.stdout
     assert json.loads((run_dir / "sft_cai" / "manifest.json").read_text())["output_id"] == before
+
+
+def test_wandb_offline_logs_one_run_per_training_stage(tmp_path):
+    result = run_recipe(tmp_path, "--report_to=wandb", wandb_mode="offline")
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted((tmp_path / "runs" / "cai-smoke" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3  # sft, sft_cai, dpo
+    assert all(list(r.glob("*.wandb")) for r in runs)
 
 
 # ---- bad input: a clear error, exit code 2, and no stage output left behind

@@ -62,3 +62,12 @@ def save_merged(trainer, tokenizer, output_dir: str) -> None:
         unwrapped.save_pretrained(output_dir, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
     trainer.accelerator.wait_for_everyone()
+
+
+def finish_tracking(report_to: str) -> None:
+    """Close the stage's W&B run so the next stage starts its own (one run per stage, one group per pipeline)."""
+    if report_to == "wandb":
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()

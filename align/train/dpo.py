@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from align.config import DPOStageConfig
-from align.train.common import peft_config, save_merged, trainer_kwargs
+from align.train.common import finish_tracking, peft_config, save_merged, trainer_kwargs
 
 REQUIRED = ("prompt", "chosen", "rejected")
 
@@ -33,13 +35,19 @@ def train_dpo(
         beta=cfg.beta,
         loss_type=[cfg.loss_type],
     )
+    lora = peft_config(cfg.lora)
+    # The frozen reference is the starting policy. A copy in memory works for models built in code too
+    # (TRL would reload it by name); with LoRA, TRL uses the base model with the adapter disabled instead.
+    ref_model = None if lora is not None else copy.deepcopy(model).eval()
     trainer = DPOTrainer(
         model=model,
+        ref_model=ref_model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=peft_config(cfg.lora),
+        peft_config=lora,
     )
     result = trainer.train()
     save_merged(trainer, tokenizer, output_dir)
+    finish_tracking(report_to)
     return {"train_loss": float(result.training_loss), "steps": float(result.global_step)}

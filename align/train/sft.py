@@ -6,7 +6,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from align.config import SFTStageConfig
-from align.train.common import peft_config, save_merged, trainer_kwargs
+from align.train.common import finish_tracking, peft_config, save_merged, trainer_kwargs
 
 
 def train_sft(
@@ -43,4 +43,5 @@ def train_sft(
     )
     result = trainer.train()
     save_merged(trainer, tokenizer, output_dir)
+    finish_tracking(report_to)
     return {"train_loss": float(result.training_loss), "steps": float(result.global_step)}
