@@ -27,7 +27,8 @@ def trainer_kwargs(cfg: TrainSettings, output_dir: str, seed: int, report_to: st
         lr_scheduler_type=cfg.lr_scheduler_type,
         weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        # passed only when on: transformers 5 warns about the old name on every construction otherwise
+        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
         bf16=bf16,
         seed=seed,
         report_to=[] if report_to == "none" else [report_to],
