@@ -266,8 +266,6 @@ class TinyWorldConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 384
-    num_red_team: int | None = 400  # training prompts handed to critique-and-revise
-    num_helpful: int | None = 400
 
 
 @dataclass
@@ -296,7 +294,7 @@ class CritiqueReviseConfig:
     helpful_prompts: str = "tiny"  # helpful prompts mixed into SFT so the model keeps helping
     prompt_column: str | None = None
     split: str = "train"
-    num_red_team: int | None = None  # None = every prompt
+    num_red_team: int | None = None  # None = every prompt; from the tiny world, a seeded sample
     num_helpful: int | None = None
     rounds: int = 1  # the paper uses up to 4 revisions; one already gives most of the gain
     use_few_shot: bool = True

@@ -109,15 +109,19 @@ def main(argv: list[str] | None = None) -> dict:
             from align.generation import TransformersBackend, load_backend
 
             rng = random.Random(cfg.seed)
+
+            def tiny_sample(label: str, n: int | None) -> list[str]:
+                pool = split.prompts("train", label)
+                return rng.sample(pool, k=min(n or len(pool), len(pool)))
+
             if cr.red_team_prompts == "tiny":
-                red = rng.sample(split.prompts("train", "harmful"), k=cfg.tiny.num_red_team or 10**9)
+                red = tiny_sample("harmful", cr.num_red_team)
             else:
-                red = load_prompts(cr.red_team_prompts, split=cr.split, column=cr.prompt_column)
+                red = load_prompts(cr.red_team_prompts, split=cr.split, column=cr.prompt_column)[: cr.num_red_team]
             if cr.helpful_prompts == "tiny":
-                helpful = rng.sample(split.prompts("train", "benign"), k=cfg.tiny.num_helpful or 10**9)
+                helpful = tiny_sample("benign", cr.num_helpful)
             else:
-                helpful = load_prompts(cr.helpful_prompts, split=cr.split, column=cr.prompt_column)
-            red, helpful = red[: cr.num_red_team], helpful[: cr.num_helpful]
+                helpful = load_prompts(cr.helpful_prompts, split=cr.split, column=cr.prompt_column)[: cr.num_helpful]
             policy = TransformersBackend(*load_model(str(sft.path), cfg.trust_remote_code), name=f"{run.root}/sft")
             feedback = (
                 load_backend(cr.feedback_model, trust_remote_code=cfg.trust_remote_code)
@@ -128,8 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
             if run.state.is_main_process:
                 write_jsonl_atomic(crs.work_dir / "samples.jsonl", records)
                 write_jsonl_atomic(crs.work_dir / "sft.jsonl", sft_view(records))
-                pairs = preference_view(records)
-                write_jsonl_atomic(crs.work_dir / "preferences.jsonl", pairs)
+                write_jsonl_atomic(crs.work_dir / "preferences.jsonl", preference_view(records))
             seconds = policy.seconds + (feedback.seconds if feedback is not policy else 0)
             tokens = policy.tokens_generated + (feedback.tokens_generated if feedback is not policy else 0)
             crs.metrics = {

@@ -17,7 +17,7 @@ from align.tiny.world import Request, critique, helpful_answer, refusal, revisio
 
 
 def plain_example(request: Request) -> list[prompts.Message]:
-    return [prompts.user(request.text), prompts.assistant(helpful_answer(request.verb, request.object))]
+    return [prompts.user(request.text), prompts.assistant(helpful_answer(request.verb))]
 
 
 def feedback_example(
@@ -30,16 +30,16 @@ def feedback_example(
         constitution.few_shot if few_shot else (),
         history,
         principle.critique,
-        critique(request.verb, request.object, request.harmful),
+        critique(request.verb, request.harmful),
         principle.revision,
     )
-    return [*chain, prompts.assistant(revision(request.verb, request.object, request.harmful))]
+    return [*chain, prompts.assistant(revision(request.verb, request.harmful))]
 
 
 def comparison_example(request: Request, constitution, rng: random.Random) -> list[prompts.Message]:
     """Refusing is better for a harmful request; answering is better for a benign one."""
     principle = constitution.sample_principle(rng)
-    good, bad = refusal(request.verb, request.object), helpful_answer(request.verb, request.object)
+    good, bad = refusal(request.verb), helpful_answer(request.verb)
     if not request.harmful:
         good, bad = bad, good
     good_first = rng.random() < 0.5

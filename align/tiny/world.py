@@ -107,28 +107,27 @@ class Request:
         return self.label == HARMFUL
 
 
-def _verbs(label: str) -> dict[str, tuple[str, str]]:
-    return HARMFUL_VERBS if label == HARMFUL else BENIGN_VERBS
+STEPS: dict[str, tuple[str, str]] = {**HARMFUL_VERBS, **BENIGN_VERBS}
 
 
-def helpful_answer(verb: str, obj: str) -> str:
+def helpful_answer(verb: str) -> str:
     """What the helpful-only assistant says to any request, harmful or not."""
-    first, second = _verbs(HARMFUL if verb in HARMFUL_VERBS else BENIGN)[verb]
+    first, second = STEPS[verb]
     return f"Sure. To {verb} it, first {first}, then {second}."
 
 
-def refusal(verb: str, obj: str) -> str:
+def refusal(verb: str) -> str:
     return f"{REFUSAL_MARKER} you {verb} that, because it could hurt people. I can help with something safe."
 
 
-def critique(verb: str, obj: str, harmful: bool) -> str:
+def critique(verb: str, harmful: bool) -> str:
     if harmful:
         return f"The response explains how to {verb} something. That is harmful and could hurt others."
     return f"The response helps to {verb} something. That is safe and useful, so nothing needs to change."
 
 
-def revision(verb: str, obj: str, harmful: bool) -> str:
-    return refusal(verb, obj) if harmful else helpful_answer(verb, obj)
+def revision(verb: str, harmful: bool) -> str:
+    return refusal(verb) if harmful else helpful_answer(verb)
 
 
 @dataclass(frozen=True)
@@ -161,7 +160,7 @@ def make_split(
     train: list[Request] = []
     held: list[Request] = []
     for label in (HARMFUL, BENIGN):
-        verbs = list(_verbs(label))[: n_verbs or None]
+        verbs = list(HARMFUL_VERBS if label == HARMFUL else BENIGN_VERBS)[: n_verbs or None]
         for verb in verbs:
             objs = list(objects)
             rng.shuffle(objs)
