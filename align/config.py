@@ -250,6 +250,22 @@ class DPOStageConfig(TrainSettings):
 
 
 @dataclass
+class RewardStageConfig(TrainSettings):
+    """Reward model (Bradley-Terry) through TRL's RewardTrainer, with soft labels as targets."""
+
+    learning_rate: float = 1e-5
+    num_train_epochs: float = 1.0
+    eval_fraction: float = 0.1  # held out for pairwise accuracy and calibration
+    soft_labels: bool = True  # False hardens every label to 1 (chosen is better), the usual RM loss
+    center_rewards_coefficient: float | None = None  # Eisenstein et al. 2023 auxiliary loss; off by default
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError("eval_fraction must be in (0, 1)")
+
+
+@dataclass
 class TinyWorldConfig:
     """The world the embedded default trains its own base model on (see align/tiny/world.py)."""
 
@@ -307,6 +323,34 @@ class CritiqueReviseConfig:
 
 
 @dataclass
+class PreferencesConfig:
+    """Preference pairs: revision-vs-original, or RL-CAI AI labels (Bai et al. 2022, section 4)."""
+
+    mode: Literal["revision_pairs", "ai_feedback"] = "revision_pairs"
+    prompts: str = "tiny"  # for ai_feedback: "tiny", a local file or directory, or a datasets hub id
+    prompt_column: str | None = None
+    split: str = "train"
+    num_prompts: int | None = None  # None = every prompt
+    # Where the two responses of a pair come from. The paper samples both from the SL-CAI model;
+    # "sft_and_sl_cai" draws one from each, which gives pairs that differ when SL-CAI always agrees with itself.
+    pair_from: Literal["sl_cai", "sft_and_sl_cai"] = "sl_cai"
+    feedback_model: str | None = None  # None = the helpful SFT model labels, as in the paper
+    num_principles: int = 4  # principles sampled per pair and ensembled (the paper ensembles over 16)
+    both_orders: bool = True  # ask with (A)/(B) swapped too and average, cancelling position bias
+    chain_of_thought: bool = False  # reason first, then read the answer; probabilities clamped to [0.4, 0.6]
+    cot_clamp: tuple[float, float] = (0.4, 0.6)
+    batch_size: int = 64  # labelling batch size (one forward pass each, no generation)
+    sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
+
+    def __post_init__(self) -> None:
+        if self.num_principles < 1:
+            raise ConfigError("num_principles must be >= 1")
+        lo, hi = self.cot_clamp
+        if not 0 <= lo <= 0.5 <= hi <= 1:
+            raise ConfigError("cot_clamp must be (low, high) with 0 <= low <= 0.5 <= high <= 1")
+
+
+@dataclass
 class EvalConfig:
     """Held-out evaluation of every model of the run, judged by the reference judge."""
 
@@ -329,5 +373,7 @@ class RecipeConfig:
     sft: SFTStageConfig = dataclasses.field(default_factory=SFTStageConfig)
     critique_revise: CritiqueReviseConfig = dataclasses.field(default_factory=CritiqueReviseConfig)
     sft_cai: SFTStageConfig = dataclasses.field(default_factory=SFTStageConfig)
+    preferences: PreferencesConfig = dataclasses.field(default_factory=PreferencesConfig)
+    reward: RewardStageConfig | None = None  # None skips the reward model
     dpo: DPOStageConfig = dataclasses.field(default_factory=DPOStageConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
