@@ -31,6 +31,7 @@ __all__ = [
     "Principle",
     "load_constitution",
     "load_constitution_data",
+    "parse_constitution_text",
 ]
 
 FieldPath = tuple[Any, ...]
@@ -142,6 +143,8 @@ class Constitution:
     changelog: tuple[dict[str, str], ...] = ()
     # Where it came from is not part of what it is: the same file copied elsewhere is equal.
     source: str | None = field(default=None, compare=False)
+    # Field path -> 1-based line in the source file, so later checks (lint) can point at lines too.
+    lines: Mapping[FieldPath, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "principles", tuple(self.principles))
@@ -229,6 +232,18 @@ def load_constitution(path: str | os.PathLike[str]) -> Constitution:
         raise ConstitutionError(f"not valid UTF-8 text ({e.reason})", source=source) from None
     except OSError as e:
         raise ConstitutionError(f"cannot read file: {e.strerror or e}", source=source) from None
+    return parse_constitution_text(text, source, suffix=suffix)
+
+
+def parse_constitution_text(text: str, source: str, *, suffix: str | None = None) -> Constitution:
+    """Validate constitution text that did not come straight from a file (e.g. ``git show rev:path``).
+
+    ``suffix`` picks the parser; it defaults to the suffix of ``source``, which is wrong for labels
+    such as ``harmless.yaml@HEAD``, hence the separate argument.
+    """
+    suffix = (Path(source).suffix if suffix is None else suffix).lower()
+    if suffix not in SUFFIXES:
+        raise ConstitutionError(f"unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}", source=source)
     if suffix == ".json":
         data, lines = _parse_json(text, source)
     else:
@@ -483,6 +498,7 @@ def _build(data: Any, source: str, lines: dict[FieldPath, int]) -> Constitution:
         few_shot=tuple(few_shot),
         changelog=tuple(changelog),
         source=source,
+        lines=lines,
     )
 
 
