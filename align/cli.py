@@ -1,0 +1,341 @@
+"""The ``align`` command line.
+
+``align constitution ...`` covers the life of a constitution file: validate and lint it, show and hash
+it, diff two versions (also across git revisions), bump its version, check in CI that a content change
+came with a big enough bump, and move it to and from other projects' layouts.
+
+Exit codes: 0 success; 1 the check asked for failed (invalid file, warnings under --strict, an
+unbumped change, a diff under --exit-code); 2 the command could not run (bad arguments, a file or git
+revision that cannot be read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from align.constitution import SUFFIXES, Constitution, ConstitutionError, load_constitution
+from align.constitution_tools import (
+    Imported,
+    bump_file,
+    check_file,
+    diff_constitutions,
+    dump_constitution,
+    export_llm_swarm,
+    import_anthropic,
+    import_llm_swarm,
+    lint,
+    load_at_revision,
+    read_source,
+    render_markdown,
+    render_text,
+    split_source,
+    write_atomic,
+)
+
+__all__ = ["build_parser", "main"]
+
+
+def _out(text: str = "") -> None:
+    print(text, file=sys.stdout)
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _count(n: int, noun: str) -> str:
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{n} {noun if n == 1 else plural}"
+
+
+def _use_color(choice: str) -> bool:
+    if choice != "auto":
+        return choice == "always"
+    # https://no-color.org: any non-empty NO_COLOR turns colour off.
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for spec in args.files:
+        try:
+            c = read_source(spec)
+        except ConstitutionError as e:
+            _err(f"error: {e}")
+            failed = True
+            continue
+        warnings = lint(c, rl_cai=args.rl_cai)
+        for w in warnings:
+            _err(f"warning: {w}")
+        if warnings and args.strict:
+            failed = True
+            _out(f"FAIL {spec}: {_count(len(warnings), 'warning')}, which --strict treats as errors")
+        else:
+            suffix = f" ({_count(len(warnings), 'warning')})" if warnings else ""
+            _out(f"ok {spec}: {c.identity}{suffix}")
+    return 1 if failed else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    c = read_source(args.file)
+    _out(c.identity)
+    _out(f"source: {c.source}")
+    if c.description:
+        _out(textwrap.fill(c.description, width=100, initial_indent="  ", subsequent_indent="  "))
+    compared = sum(p.comparison is not None for p in c.principles)
+    latest = f", latest {c.changelog[-1]['version']}" if c.changelog else ""
+    _out(
+        f"{_count(len(c.principles), 'principle')} ({compared} with a comparison question), "
+        f"{_count(len(c.few_shot), 'few-shot example')}, {_count(len(c.changelog), 'changelog entry')}{latest}"
+    )
+    _out()
+    rows = [("ID", "TAGS", "WEIGHT", "HASH", "CRITIQUE")]
+    for p in c.principles:
+        critique = p.critique if len(p.critique) <= 60 else p.critique[:59].rstrip() + "…"
+        rows.append((p.id, ", ".join(p.tags), f"{p.weight:g}", p.content_hash, critique))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    return 0
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    for spec in args.files:
+        c = read_source(spec)
+        value = c.content_hash if args.full else c.identity
+        _out(value if len(args.files) == 1 else f"{value}  {spec}")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    if args.new is None:
+        # One argument: what changed in the working file since the last commit.
+        path, rev = split_source(args.old)
+        if rev is not None:
+            raise ConstitutionError("with a single argument, give the working file (it is compared with HEAD)")
+        old, new = read_source(f"{path}@HEAD"), load_constitution(path)
+    else:
+        old, new = read_source(args.old), read_source(args.new)
+    d = diff_constitutions(old, new)
+    if args.format == "json":
+        _out(json.dumps(d.to_dict(), indent=2, ensure_ascii=False))
+    elif args.format == "markdown":
+        sys.stdout.write(render_markdown(d))
+    else:
+        sys.stdout.write(render_text(d, color=_use_color(args.color)))
+    return 1 if args.exit_code and d.has_changes else 0
+
+
+def cmd_bump(args: argparse.Namespace) -> int:
+    level = args.level
+    if level is None:
+        return _suggest_bump(args.file, args.against)
+    if not args.message:
+        raise ConstitutionError("a bump needs a changelog message: -m 'what changed'")
+    old, new = bump_file(args.file, level, args.message)
+    _out(f"{args.file}: {old.version} -> {new.version} ({new.identity})")
+    return 0
+
+
+def _suggest_bump(path: str, rev: str) -> int:
+    """Without a level, say what the change since ``rev`` calls for; writing is left to the user."""
+    new = load_constitution(path)
+    try:
+        old = load_at_revision(path, rev)
+    except ConstitutionError as e:
+        _err(f"error: no bump level given, and no git version to compare with ({e})")
+        _err("  pass --major, --minor or --patch")
+        return 2
+    if old is None:
+        _err(f"no bump level given; {path} is new since {rev}, so there is nothing to compare with")
+        _err("  pass --major, --minor or --patch")
+        return 1
+    d = diff_constitutions(old, new)
+    if d.required_bump == "none":
+        _out(f"{path}: no content change since {rev}; no bump needed")
+        return 0
+    why = "; ".join(reason for _, reason in d.reasons)
+    if d.sufficient:
+        _out(f"{path}: already bumped {old.version} -> {new.version}, enough for the {d.required_bump} change ({why})")
+        return 0
+    _out(f"{path}: since {rev}: {why}")
+    _out(f"suggested: align constitution bump {path} --{d.required_bump} -m '...'")
+    _out(f"  ({old.version} -> {d.suggested_version})")
+    return 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        result = check_file(path, args.against)
+        (_out if result.ok else _err)(("" if result.ok else "FAIL ") + result.message)
+        failed |= not result.ok
+    return 1 if failed else 0
+
+
+def _default_name(out: str) -> str:
+    stem = Path(out).stem if out != "-" else "imported"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "imported"
+
+
+def _write_output(out: str, text: str, force: bool) -> None:
+    if out == "-":
+        sys.stdout.write(text)
+        return
+    if os.path.exists(out) and not force:
+        raise ConstitutionError("already exists; pass --force to overwrite it", source=out)
+    write_atomic(out, text)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    name = args.name or _default_name(args.output)
+    if args.comparisons and args.source_format != "anthropic":
+        raise ConstitutionError("--comparisons only applies to --from anthropic")
+    if args.source_format == "llm-swarm":
+        imported: Imported = import_llm_swarm(args.file, name=name, version=args.version)
+    else:
+        imported = import_anthropic(args.file, args.comparisons, name=name, version=args.version)
+    suffix = Path(args.output).suffix.lower() if args.output != "-" else ".yaml"
+    if suffix not in SUFFIXES:
+        raise ConstitutionError(f"output must end in one of {', '.join(SUFFIXES)}", source=args.output)
+    trailer: list[str] = []
+    if imported.unpaired_comparisons:
+        trailer = ["Comparison questions from the import with no principle to attach to; kept here for review:"]
+        trailer += [f"- {q}" for q in imported.unpaired_comparisons]
+        if suffix == ".json":
+            _err("note: JSON cannot hold comments; these comparison questions are not in the output:")
+            for q in imported.unpaired_comparisons:
+                _err(f"  - {q}")
+    comments = [f"Imported by `align constitution import --from {args.source_format}` from {Path(args.file).name}."]
+    text = dump_constitution(imported.constitution, suffix, comments=comments, trailer=trailer)
+    _write_output(args.output, text, args.force)
+    for note in imported.notes:
+        _err(f"note: {note}")
+    c = imported.constitution
+    _err(f"imported {_count(len(c.principles), 'principle')} and {_count(len(c.few_shot), 'few-shot example')}")
+    _err(f"  as {c.identity} in {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    c: Constitution = read_source(args.file)
+    data, notes = export_llm_swarm(c)
+    _write_output(args.output, json.dumps(data, indent=2, ensure_ascii=False) + "\n", args.force)
+    for note in notes:
+        _err(f"note: {note}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parser
+
+SOURCE_HELP = "a file, or path@gitrev for the file as committed at a git revision (e.g. harmless.yaml@HEAD~1)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align", description="Constitutional AI tooling.")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND")
+    cparser = groups.add_parser("constitution", help="validate, inspect, diff and version constitution files")
+    sub = cparser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser("validate", help="load files strictly and print lint warnings")
+    p.add_argument("files", nargs="+", metavar="FILE", help=SOURCE_HELP)
+    p.add_argument("--strict", action="store_true", help="fail on warnings too")
+    p.add_argument("--rl-cai", action="store_true", help="also require a comparison question per principle")
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("show", help="identity, description and a table of principles")
+    p.add_argument("file", metavar="FILE", help=SOURCE_HELP)
+    p.set_defaults(handler=cmd_show)
+
+    p = sub.add_parser("hash", help="print the identity name@version+sha256:<12 hex>")
+    p.add_argument("files", nargs="+", metavar="FILE", help=SOURCE_HELP)
+    p.add_argument("--full", action="store_true", help="print the full 64-hex content hash instead")
+    p.set_defaults(handler=cmd_hash)
+
+    p = sub.add_parser("diff", help="semantic diff by principle id, with the version bump it needs")
+    p.add_argument("old", metavar="A", help=SOURCE_HELP)
+    p.add_argument("new", metavar="B", nargs="?", help="the newer side; if left out, A is compared with A@HEAD")
+    p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+    p.add_argument(
+        "--color", choices=("auto", "always", "never"), default="auto", help="auto: on a TTY, unless NO_COLOR"
+    )
+    p.add_argument("--exit-code", action="store_true", help="exit 1 when the two differ")
+    p.set_defaults(handler=cmd_diff)
+
+    p = sub.add_parser("bump", help="raise the version and add a changelog entry, keeping comments")
+    p.add_argument("file", metavar="FILE")
+    level = p.add_mutually_exclusive_group()
+    for name in ("major", "minor", "patch"):
+        level.add_argument(f"--{name}", dest="level", action="store_const", const=name)
+    p.add_argument("-m", "--message", help="changelog message for the new version")
+    p.add_argument(
+        "--against", default="HEAD", metavar="REV", help="without a level: suggest one from the change since REV"
+    )
+    p.set_defaults(handler=cmd_bump)
+
+    p = sub.add_parser("check", help="fail when content changed since REV without a big enough version bump")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--against", default="HEAD", metavar="REV", help="git revision to compare with (default HEAD)")
+    p.set_defaults(handler=cmd_check)
+
+    p = sub.add_parser("import", help="convert another project's constitution layout to ours")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--from", dest="source_format", required=True, choices=("llm-swarm", "anthropic"))
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help=".yaml, .yml or .json; '-' for stdout (YAML)")
+    p.add_argument("--name", help="constitution name (default: from OUT's file name)")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--comparisons", metavar="FILE", help="anthropic: JSON list of comparison questions")
+    p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.set_defaults(handler=cmd_import)
+
+    p = sub.add_parser("export", help="write a constitution in another project's layout")
+    p.add_argument("file", metavar="FILE", help=SOURCE_HELP)
+    p.add_argument("--to", dest="target_format", required=True, choices=("llm-swarm",))
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="'-' for stdout")
+    p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.set_defaults(handler=cmd_export)
+
+    parser.set_defaults(_usage=parser)
+    cparser.set_defaults(_usage=cparser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for the ``align`` script; returns the exit code so tests can call it directly."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits on --help (0) and on usage errors (2)
+        return e.code if isinstance(e.code, int) else 2
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        args._usage.print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except ConstitutionError as e:
+        _err(f"error: {e}")
+        return 2
+    except BrokenPipeError:
+        # e.g. `align constitution show x.yaml | head`: the reader left, which is not an error. Point
+        # stdout at devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
