@@ -39,7 +39,12 @@ def trainer_kwargs(cfg: TrainSettings, output_dir: str, seed: int, report_to: st
     )
 
 
-def peft_config(lora: LoraSettings):
+def peft_config(lora: LoraSettings, *, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None):
+    """LoRA config, or None when LoRA is off.
+
+    ``modules_to_save`` trains and saves whole modules next to the adapters: a new head (a reward model's
+    ``score``) starts random, so a low-rank update of it would not be enough.
+    """
     if not lora.enabled:
         return None
     from peft import LoraConfig
@@ -49,7 +54,8 @@ def peft_config(lora: LoraSettings):
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
+        modules_to_save=modules_to_save,
     )
 
 
