@@ -232,6 +232,7 @@ def test_evaluate_reward_accuracy_and_calibration_by_hand(monkeypatch):
 def test_batched_scores_do_not_depend_on_padding(tmp_path):
     model, tok = tiny_reward_model(tmp_path)
     data = pairs(6, seed=3)
+    assert len({len(_pair_ids(tok, row)[0]) for row in data}) > 1  # so the batch really is padded
     one_by_one = score_pairs(model, tok, data, batch_size=1)
     batched = score_pairs(model, tok, data, batch_size=6)  # rows differ in length: padded on the right
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(one_by_one, batched, strict=True))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 from trl.data_utils import is_conversational
 
@@ -145,7 +145,7 @@ def load_reward_model(
 
 def train_reward(
     model: PreTrainedModel,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     train_data: Dataset,
     eval_data: Dataset | None,
     cfg: RewardStageConfig,
@@ -214,7 +214,7 @@ def train_reward(
     return metrics
 
 
-def _pair_ids(tokenizer, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+def _pair_ids(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any]) -> tuple[list[int], list[int]]:
     """Token ids of prompt+chosen and prompt+rejected, exactly as TRL's RewardTrainer builds them."""
     prompt = row.get("prompt")
     if is_conversational(row):
@@ -229,7 +229,9 @@ def _pair_ids(tokenizer, row: dict[str, Any]) -> tuple[list[int], list[int]]:
 
 
 @torch.no_grad()
-def score_pairs(model, tokenizer, data: Dataset, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def score_pairs(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: Dataset, batch_size: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of every chosen and rejected response, in row order, on the CPU.
 
     Sequences are padded on the right with the model's own pad id whatever the tokenizer's padding side, as
@@ -260,7 +262,9 @@ def score_pairs(model, tokenizer, data: Dataset, batch_size: int = 32) -> tuple[
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def evaluate_reward(model, tokenizer, data: Dataset, *, batch_size: int = 32, n_bins: int = 10) -> dict[str, Any]:
+def evaluate_reward(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: Dataset, *, batch_size: int = 32, n_bins: int = 10
+) -> dict[str, Any]:
     """Held-out pairwise accuracy and calibration of sigma(r_c - r_r) against the labels.
 
     ``label_accuracy`` counts a pair as right when the reward difference has the sign of (label - 0.5); pairs
