@@ -270,6 +270,10 @@ class TinyWorldConfig:
     """The world the embedded default trains its own base model on (see align/tiny/world.py)."""
 
     seed: int = 0
+    # The constitution whose requests the base corpus demonstrates: the tiny model's "pretraining". None =
+    # the recipe's constitution. Pin it to experiment with edits of the recipe's constitution without
+    # retraining the base model (and to let critique-and-revise reuse samples of unchanged principles).
+    constitution: str | None = None
     holdout_fraction: float = 0.15
     n_verbs: int | None = None  # None = all; smaller values make a faster world for tests
     n_objects: int | None = None

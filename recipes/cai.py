@@ -3,8 +3,10 @@
     accelerate launch recipes/cai.py --config recipes/configs/cai_tiny.yaml [--section.field=value ...]
     python recipes/cai.py --config recipes/configs/cai_tiny.yaml --force dpo
 
-sft -> critique_revise -> sft_cai -> dpo -> eval. Each stage writes runs/<name>/<stage>/ with a manifest;
-a stage already done with the same inputs is skipped, and --force STAGE redoes it and all that follows.
+sft -> critique_revise -> sft_cai -> preferences -> reward -> dpo -> eval. Each stage writes
+runs/<name>/<stage>/ with a manifest; a stage already done with the same inputs is skipped, and
+--force STAGE redoes it and all that follows. Critique-and-revise reuses the samples of principles that
+did not change since the last run, so a constitution edit regenerates only what it invalidates.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from align.constitution import ConstitutionError, load_constitution
 from align.data import DataError, load_prompts, read_jsonl, write_jsonl_atomic
 from align.pipeline import Run
 
-STAGES = ["sft", "critique_revise", "sft_cai", "dpo", "eval"]
+STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "eval"]
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -53,15 +55,74 @@ def load_model(path: str, trust_remote_code: bool):
     return model, tokenizer
 
 
+def label_with_ai_feedback(cfg: RecipeConfig, constitution, sft, sft_cai, split) -> tuple[list, list, dict]:
+    """RL-CAI labels: two responses per prompt, judged principle by principle by the feedback model."""
+    from align.feedback.preferences import OptionScorer, ai_feedback_preferences
+    from align.generation import TransformersBackend, load_backend
+
+    pc = cfg.preferences
+    rng = random.Random(cfg.seed + 1)
+    if pc.prompts == "tiny":  # harmful and benign requests alike: the labels must reward help, too
+        pool = [r.text for r in split.train]
+        texts = rng.sample(pool, k=min(pc.num_prompts or len(pool), len(pool)))
+    else:
+        texts = load_prompts(pc.prompts, split=pc.split, column=pc.prompt_column)[: pc.num_prompts]
+    sl_cai = TransformersBackend(
+        *load_model(str(sft_cai.path), cfg.trust_remote_code), name=f"sl_cai@{sft_cai.output_id}"
+    )
+    helpful = TransformersBackend(*load_model(str(sft.path), cfg.trust_remote_code), name=f"sft@{sft.output_id}")
+    if pc.pair_from == "sl_cai" and pc.sampling.temperature == 0:
+        raise ConfigError("preferences.sampling.temperature: 0 (greedy) gives two identical responses per prompt")
+    first = helpful if pc.pair_from == "sft_and_sl_cai" else sl_cai
+    # The feedback model is loaded once and serves both reasoning (chain of thought) and scoring.
+    feedback = (
+        load_backend(pc.feedback_model, trust_remote_code=cfg.trust_remote_code) if pc.feedback_model else helpful
+    )
+    scorer = OptionScorer(feedback.model, feedback.tokenizer, pc.batch_size, name=feedback.name)
+    rows, labels, metrics = ai_feedback_preferences(
+        texts, first, sl_cai, scorer, constitution, pc, cfg.seed, reasoner=feedback
+    )
+    metrics["label_seconds"] = round(scorer.seconds, 2)
+    metrics["mean_label"] = sum(r["label"] for r in rows) / max(len(rows), 1)
+    if split is not None:  # the reference judge checks the AI labels (evaluation only, never training)
+        from align.tiny.judge import prefers_first
+
+        by_text = {r.text: r for r in split.train}
+        verdicts = [
+            (prefers_first(by_text[x["prompt"]], x["response_1"], x["response_2"]), x["p_first_better"] > 0.5)
+            for x in labels
+        ]
+        decided = [(judge, ai) for judge, ai in verdicts if judge is not None]
+        metrics["judge_decided_pairs"] = len(decided)
+        metrics["ai_judge_agreement"] = sum(j == a for j, a in decided) / max(len(decided), 1)
+    return rows, labels, metrics
+
+
+def summary_lines(preferences: dict, reward: dict | None) -> list[str]:
+    """What the table cannot show: how good the AI labels and the reward model are."""
+    lines = []
+    if "ai_judge_agreement" in preferences:
+        lines.append(
+            f"AI labels agree with the reference judge on {preferences['ai_judge_agreement']:.1%} of "
+            f"{preferences['judge_decided_pairs']} pairs where it has a preference."
+        )
+    if reward and "eval_accuracy" in reward:
+        lines.append(f"Reward model held-out pairwise accuracy: {reward['eval_accuracy']:.1%}.")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(argv)
     cfg = load_config(RecipeConfig, args.config, overrides)
     constitution = load_constitution(cfg.constitution)
+    tiny = cfg.base_model == "tiny"
+    # The tiny base model is "pretrained" on demonstrations of one constitution; pinning it lets the
+    # recipe's constitution be edited without retraining the base model.
+    base_constitution = load_constitution(cfg.tiny.constitution) if tiny and cfg.tiny.constitution else constitution
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     run = Run(Path(cfg.output_dir) / cfg.run_name, force=set(args.force), order=STAGES)
     setup_tracking(cfg, run.root)
-    tiny = cfg.base_model == "tiny"
     print(f"[align] constitution {constitution.identity}; run dir {run.root}", flush=True)
 
     from align.tiny.base import cache_key, split_for, train_base_model
@@ -75,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         inputs={
             "base_model": cfg.base_model,
             # the tiny world's code and settings shape the base model, so they are inputs too
-            "tiny_key": cache_key(cfg.tiny, cfg.sft, constitution, cfg.seed, cfg.critique_revise.use_few_shot)
+            "tiny_key": cache_key(cfg.tiny, cfg.sft, base_constitution, cfg.seed, cfg.critique_revise.use_few_shot)
             if tiny
             else None,
         },
@@ -86,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
             sft.metrics = train_base_model(
                 cfg.tiny,
                 cfg.sft,
-                constitution,
+                base_constitution,
                 sft.work_dir,
                 seed=cfg.seed,
                 few_shot=cfg.critique_revise.use_few_shot,
@@ -122,13 +183,26 @@ def main(argv: list[str] | None = None) -> dict:
                 helpful = tiny_sample("benign", cr.num_helpful)
             else:
                 helpful = load_prompts(cr.helpful_prompts, split=cr.split, column=cr.prompt_column)[: cr.num_helpful]
-            policy = TransformersBackend(*load_model(str(sft.path), cfg.trust_remote_code), name=f"{run.root}/sft")
+            # The stage's output id names the exact weights, so samples are never reused across retrained models.
+            policy = TransformersBackend(
+                *load_model(str(sft.path), cfg.trust_remote_code), name=f"{run.root}/sft@{sft.output_id}"
+            )
             feedback = (
                 load_backend(cr.feedback_model, trust_remote_code=cfg.trust_remote_code)
                 if cr.feedback_model
                 else policy
             )
-            records = critique_and_revise(policy, feedback, constitution, red, helpful, cr, cfg.seed)
+            # Samples of the previous run whose principles did not change are reused, unless forced.
+            previous_file = crs.path / "samples.jsonl"
+            reuse = "critique_revise" not in run.force and previous_file.exists()
+            previous = read_jsonl(previous_file) if reuse else []
+            records, counts = critique_and_revise(
+                policy, feedback, constitution, red, helpful, cr, cfg.seed, previous=previous
+            )
+            print(
+                f"[align] critique_revise: reused {counts['reused']} samples, regenerated {counts['regenerated']}",
+                flush=True,
+            )
             if run.state.is_main_process:
                 write_jsonl_atomic(crs.work_dir / "samples.jsonl", records)
                 write_jsonl_atomic(crs.work_dir / "sft.jsonl", sft_view(records))
@@ -139,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "red_team": len(red),
                 "helpful": len(helpful),
                 "preference_pairs": len(preference_view(records)),
+                **counts,
                 "tokens_generated": tokens,
                 "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
             }
@@ -163,8 +238,65 @@ def main(argv: list[str] | None = None) -> dict:
                 run_name="sft_cai",
             )
 
-    # 4. DPO on revision-vs-original pairs, from the SL-CAI model.
-    with run.stage("dpo", config=to_dict(cfg.dpo), inputs={"model": sft_cai.output_id}) as dpo:
+    # 4. Preferences: revision-vs-original pairs, or RL-CAI labels from the feedback model (AI feedback).
+    pc = cfg.preferences
+    with run.stage(
+        "preferences",
+        config=to_dict(pc),
+        inputs={
+            "samples": crs.output_id,
+            "sl_cai": sft_cai.output_id,
+            "sft": sft.output_id,
+            "constitution": constitution.identity,
+        },
+    ) as prefs:
+        if not prefs.done:
+            if pc.mode == "revision_pairs":
+                rows = [{**r, "label": 1.0} for r in read_jsonl(crs.path / "preferences.jsonl")]
+                prefs.metrics = {"pairs": len(rows)}
+            else:
+                rows, labels, prefs.metrics = label_with_ai_feedback(cfg, constitution, sft, sft_cai, split)
+                if run.state.is_main_process:
+                    write_jsonl_atomic(prefs.work_dir / "labels.jsonl", labels)
+            if not rows:
+                raise DataError(f"preferences: no preference pairs to train on (mode {pc.mode})")
+            if run.state.is_main_process:
+                write_jsonl_atomic(prefs.work_dir / "preferences.jsonl", rows)
+
+    # 5. Reward model: Bradley-Terry on the (soft) preference labels; held-out accuracy and calibration.
+    rw = None
+    if cfg.reward is not None:
+        with run.stage(
+            "reward", config=to_dict(cfg.reward), inputs={"preferences": prefs.output_id, "init": sft_cai.output_id}
+        ) as rw:
+            if not rw.done:
+                from datasets import Dataset
+
+                from align.train.reward import load_reward_model, train_reward
+
+                rows = [
+                    {k: r[k] for k in ("prompt", "chosen", "rejected", "label")}
+                    for r in read_jsonl(prefs.path / "preferences.jsonl")
+                ]
+                random.Random(cfg.seed).shuffle(rows)
+                n_eval = max(1, round(cfg.reward.eval_fraction * len(rows)))
+                model, tokenizer = load_reward_model(str(sft_cai.path), trust_remote_code=cfg.trust_remote_code)
+                rw.metrics = train_reward(
+                    model,
+                    tokenizer,
+                    Dataset.from_list(rows[n_eval:]),
+                    Dataset.from_list(rows[:n_eval]),
+                    cfg.reward,
+                    str(rw.work_dir),
+                    seed=cfg.seed,
+                    report_to=cfg.report_to,
+                    run_name="reward",
+                )
+
+    # 6. DPO on the preference pairs, from the SL-CAI model.
+    with run.stage(
+        "dpo", config=to_dict(cfg.dpo), inputs={"model": sft_cai.output_id, "preferences": prefs.output_id}
+    ) as dpo:
         if not dpo.done:
             from datasets import Dataset
 
@@ -172,7 +304,8 @@ def main(argv: list[str] | None = None) -> dict:
 
             model, tokenizer = load_model(str(sft_cai.path), cfg.trust_remote_code)
             pairs = [
-                {k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(crs.path / "preferences.jsonl")
+                {k: r[k] for k in ("prompt", "chosen", "rejected")}
+                for r in read_jsonl(prefs.path / "preferences.jsonl")
             ]
             dpo.metrics = train_dpo(
                 model,
@@ -185,9 +318,11 @@ def main(argv: list[str] | None = None) -> dict:
                 run_name="dpo",
             )
 
-    # 5. Evaluation on held-out requests: refusal of harmful ones, help on benign ones, before and after.
+    # 7. Evaluation on held-out requests: refusal of harmful ones, help on benign ones, before and after.
     models = {"base": sft, "sft_cai": sft_cai, "dpo": dpo}
-    with run.stage("eval", config=to_dict(cfg.eval), inputs={k: s.output_id for k, s in models.items()}) as ev:
+    inputs = {k: s.output_id for k, s in models.items()}
+    inputs.update(preferences=prefs.output_id, reward=rw.output_id if rw else None)
+    with run.stage("eval", config=to_dict(cfg.eval), inputs=inputs) as ev:
         if not ev.done:
             from align.config import SamplingSettings
             from align.evaluation.metrics import markdown_table, score
@@ -211,7 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
             if run.state.is_main_process:
                 write_jsonl_atomic(ev.work_dir / "responses.jsonl", responses)
                 (ev.work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-                (ev.work_dir / "table.md").write_text(markdown_table(metrics) + "\n")
+                notes = summary_lines(prefs.metrics, rw.metrics if rw else None)
+                (ev.work_dir / "table.md").write_text("\n".join([markdown_table(metrics), "", *notes]) + "\n")
             ev.metrics = metrics
 
     table = (ev.path / "table.md").read_text()

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "cai.py"
 SMOKE = ROOT / "recipes" / "configs" / "cai_smoke.yaml"
-STAGES = ["sft", "critique_revise", "sft_cai", "dpo", "eval"]
+STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "dpo", "eval"]
 
 pytestmark = pytest.mark.recipe
 
@@ -72,11 +73,13 @@ def test_samples_have_provenance(smoke):
 
     constitution = load_constitution(ROOT / "constitutions" / "harmless.yaml")
     rows = [json.loads(line) for line in (run_dir / "critique_revise" / "samples.jsonl").open()]
+    sft_id = json.loads((run_dir / "sft" / "manifest.json").read_text())["output_id"]
     assert sum(r["kind"] == "red_team" for r in rows) == 24 and sum(r["kind"] == "helpful" for r in rows) == 24
     for r in rows:
         assert r["constitution"]["hash"] == constitution.content_hash
         assert r["constitution"]["version"] == constitution.version
-        assert r["policy_model"].endswith("sft") and r["generation"]["temperature"] == 0.7
+        # the policy is named by the SFT stage's output id, so samples are never reused across retrained models
+        assert r["policy_model"] == f"{run_dir}/sft@{sft_id}" and r["generation"]["temperature"] == 0.7
         for step in r["rounds"]:
             assert step["principle_hash"] == constitution.principle(step["principle_id"]).content_hash
     sft_rows = [json.loads(line) for line in (run_dir / "critique_revise" / "sft.jsonl").open()]
@@ -95,6 +98,33 @@ def test_second_run_skips_every_stage_and_force_cascades(smoke):
     assert "[align] sft_cai: done with the same inputs, skipped" in forced.stdout
     assert "[align] dpo: running" in forced.stdout and "[align] eval: running" in forced.stdout
     assert json.loads((run_dir / "sft_cai" / "manifest.json").read_text())["output_id"] == before
+
+
+def test_constitution_edit_regenerates_only_the_samples_of_the_edited_principle(smoke, tmp_path):
+    """Reword one principle in a copy of the constitution: SFT is reused, and so is every sample of the others."""
+    tmp, run_dir, _ = smoke
+    from align.constitution import load_constitution
+
+    samples = [json.loads(line) for line in (run_dir / "critique_revise" / "samples.jsonl").open()]
+    used = [r["principle_ids"][0] for r in samples if r["kind"] == "red_team"]
+    target = max(set(used), key=used.count)
+    original = load_constitution(ROOT / "constitutions" / "harmless.yaml")
+    data = original.to_dict()
+    for p in data["principles"]:
+        if p["id"] == target:
+            p["critique"] = "Say plainly what in the last response could lead to harm, if anything."
+    edited = tmp_path / "harmless-edited.yaml"
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = run_recipe(tmp, f"--constitution={edited}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[align] sft: done with the same inputs, skipped" in result.stdout
+    metrics = json.loads((run_dir / "critique_revise" / "manifest.json").read_text())["metrics"]
+    assert metrics["regenerated"] == used.count(target) > 0
+    assert metrics["reused"] == len(samples) - used.count(target)
+    assert f"reused {metrics['reused']} samples, regenerated {metrics['regenerated']}" in result.stdout
+    # put the run back as the other tests expect it (the original constitution, all reused but the edited)
+    restored = run_recipe(tmp)
+    assert restored.returncode == 0, restored.stderr[-3000:]
 
 
 def test_wandb_offline_logs_one_run_per_training_stage(tmp_path):

@@ -1,13 +1,23 @@
-"""SL-CAI critique and revision (Bai et al. 2022, section 3).
+"""SL-CAI critique and revision (Bai et al. 2022, section 3), regenerating only what a change invalidates.
 
 For each red-team prompt: sample a response, then for each round draw a principle, ask the feedback
 model to critique the latest response against it and then to revise it. All prompts of a round are
 generated as one batch, so the cost is a few large batched calls rather than one call per turn.
+
+Incremental regeneration: given the records of an earlier run, a record is reused up to the first round
+whose principle changed (or was removed), and only the rest is generated again. For that to be exact,
+the principle drawn for (prompt, round) must not depend on the other principles' text or on which other
+prompts are in the run, so it is drawn by weighted rendezvous hashing: every principle gets a
+pseudo-random score from a hash of (seed, prompt, round, principle id) and its weight, and the best score
+wins. Rewording a principle changes no draw; adding one takes over only the draws it wins (in proportion
+to its weight), and removing one moves only its own draws. Regenerated samples are batched differently
+from a full run, so they are statistically, not bitwise, the same as a fresh run.
 """
 
 from __future__ import annotations
 
-import random
+import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -23,6 +33,43 @@ def _check_prompts(items: Sequence[str], what: str) -> None:
             raise ValueError(f"{what} prompt {i} is empty")
 
 
+def _uniform(*parts: Any) -> float:
+    """A number in (0, 1) that depends only on ``parts``: the same on every machine and in every run."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return (int.from_bytes(digest[:8], "big") + 0.5) / 2**64
+
+
+def choose_principle(constitution, seed: int, prompt: str, round_index: int):
+    """The principle for one (prompt, round), with P(principle) = weight / total weight.
+
+    -ln(u) / w is exponential with rate w, and the smallest of independent exponentials is principle i
+    with probability w_i / sum(w) (weighted rendezvous hashing).
+    """
+    return min(
+        constitution.principles,
+        key=lambda p: -math.log(_uniform(seed, prompt, round_index, p.id)) / p.weight,
+    )
+
+
+def reuse_key(policy: Backend, feedback: Backend, constitution, cfg: CritiqueReviseConfig, seed: int) -> str:
+    """Everything besides the principles that shapes a sample; records from another key are never reused."""
+    few_shot = [list(c) for c in constitution.few_shot] if cfg.use_few_shot else []
+    blob = [policy.name, feedback.name, asdict(cfg.sampling), seed, few_shot]
+    return hashlib.sha256(repr(blob).encode()).hexdigest()[:16]
+
+
+def _reusable_rounds(old: dict[str, Any] | None, plan: list, key: str) -> int:
+    """How many leading rounds of ``old`` were made with the principles now planned (0 = redo all)."""
+    if old is None or old.get("reuse_key") != key:
+        return -1  # not even the initial response is reusable
+    n = 0
+    for step, p in zip(old["rounds"], plan):
+        if step["principle_id"] != p.id or step["principle_hash"] != p.content_hash:
+            break
+        n += 1
+    return n
+
+
 def critique_and_revise(
     policy: Backend,
     feedback: Backend,
@@ -31,19 +78,41 @@ def critique_and_revise(
     helpful: Sequence[str],
     cfg: CritiqueReviseConfig,
     seed: int,
-) -> list[dict[str, Any]]:
-    """One record per prompt, with every critique and revision and the provenance needed to redo it."""
+    previous: Sequence[dict[str, Any]] = (),
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One record per prompt, with every critique and revision and the provenance needed to redo it.
+
+    ``previous`` are records of an earlier run; whatever of them is still valid is reused. Returns the
+    records and counts of reused and regenerated ones.
+    """
     _check_prompts(red_team, "red-team")
     _check_prompts(helpful, "helpful")
-    rng = random.Random(seed)
     few_shot = constitution.few_shot if cfg.use_few_shot else ()
     sampling = cfg.sampling
+    key = reuse_key(policy, feedback, constitution, cfg, seed)
+    old = {(r["kind"], r["prompt"]): r for r in previous}
 
-    initial = generate_sharded(policy, [[prompts.user(p)] for p in red_team], sampling, seed, "responses")
-    histories = [[prompts.user(p), prompts.assistant(r)] for p, r in zip(red_team, initial)]
-    rounds: list[list[dict[str, str]]] = [[] for _ in red_team]
+    plans = [[choose_principle(constitution, seed, p, k) for k in range(cfg.rounds)] for p in red_team]
+    olds = [old.get(("red_team", p)) for p in red_team]
+    kept = [_reusable_rounds(o, plan, key) for o, plan in zip(olds, plans)]
+
+    # Initial responses: reused unless the record is new or was made under another key.
+    initial = [o["initial_response"] if k >= 0 else None for o, k in zip(olds, kept)]
+    todo = [i for i, k in enumerate(kept) if k < 0]
+    fresh = generate_sharded(policy, [[prompts.user(red_team[i])] for i in todo], sampling, seed, "responses")
+    for i, r in zip(todo, fresh):
+        initial[i] = r
+    kept = [max(k, 0) for k in kept]
+
+    rounds: list[list[dict[str, str]]] = [list(o["rounds"][:k]) if k else [] for o, k in zip(olds, kept)]
+    latest = [rs[-1]["revision"] if rs else r for rs, r in zip(rounds, initial)]
     for k in range(cfg.rounds):
-        chosen = [constitution.sample_principle(rng) for _ in red_team]
+        active = [i for i in range(len(red_team)) if kept[i] <= k]
+        if not active:
+            continue
+        # Each round critiques the latest revision as if it had been the original answer.
+        histories = [[prompts.user(red_team[i]), prompts.assistant(latest[i])] for i in active]
+        chosen = [plans[i][k] for i in active]
         critiques = generate_sharded(
             feedback,
             [prompts.critique_messages(few_shot, h, p.critique) for h, p in zip(histories, chosen)],
@@ -61,7 +130,7 @@ def critique_and_revise(
             seed + 2 + 2 * k,
             f"revisions r{k + 1}",
         )
-        for i, (p, c, r) in enumerate(zip(chosen, critiques, revisions)):
+        for i, p, c, r in zip(active, chosen, critiques, revisions):
             rounds[i].append(
                 {
                     "principle_id": p.id,
@@ -72,12 +141,17 @@ def critique_and_revise(
                     "revision": r,
                 }
             )
-            # The next round critiques the revision, as if it had been the original answer.
-            histories[i] = [histories[i][0], prompts.assistant(r)]
+            latest[i] = r
 
-    helpful_responses = generate_sharded(
-        policy, [[prompts.user(p)] for p in helpful], sampling, seed + 999, "helpful responses"
+    old_helpful = [old.get(("helpful", p)) for p in helpful]
+    helpful_responses = [o["initial_response"] if o and o.get("reuse_key") == key else None for o in old_helpful]
+    todo = [i for i, r in enumerate(helpful_responses) if r is None]
+    fresh = generate_sharded(
+        policy, [[prompts.user(helpful[i])] for i in todo], sampling, seed + 999, "helpful responses"
     )
+    for i, r in zip(todo, fresh):
+        helpful_responses[i] = r
+
     provenance = {
         "constitution": {
             "name": constitution.name,
@@ -87,10 +161,10 @@ def critique_and_revise(
         "policy_model": policy.name,
         "feedback_model": feedback.name,
         "generation": {**asdict(sampling), "seed": seed, "rounds": cfg.rounds, "few_shot": cfg.use_few_shot},
+        "reuse_key": key,
     }
     records = []
     for i, (prompt, response) in enumerate(zip(red_team, initial)):
-        final = rounds[i][-1]["revision"] if rounds[i] else response
         records.append(
             {
                 "id": f"red-{i}",
@@ -99,7 +173,8 @@ def critique_and_revise(
                 "initial_response": response,
                 "rounds": rounds[i],
                 "principle_ids": [r["principle_id"] for r in rounds[i]],
-                "final_response": final,
+                "final_response": latest[i],
+                "reused_rounds": kept[i] if olds[i] is not None and olds[i].get("reuse_key") == key else None,
                 **provenance,
             }
         )
@@ -116,7 +191,14 @@ def critique_and_revise(
                 **provenance,
             }
         )
-    return records
+    regenerated_red = sum(k < cfg.rounds for k in kept) if cfg.rounds else 0
+    counts = {
+        "reused": len(red_team) - regenerated_red + (len(helpful) - len(todo)),
+        "regenerated": regenerated_red + len(todo),
+        "regenerated_red_team": regenerated_red,
+        "regenerated_helpful": len(todo),
+    }
+    return records, counts
 
 
 def sft_view(records: Sequence[dict]) -> list[dict]:

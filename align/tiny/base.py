@@ -38,7 +38,7 @@ def cache_key(cfg: TinyWorldConfig, sft: SFTStageConfig, constitution, seed: int
     code = "".join((Path(__file__).parent / f).read_text() for f in ("world.py", "corpus.py", "model.py", "base.py"))
     blob = json.dumps(
         {
-            "tiny": asdict(cfg),
+            "tiny": {**asdict(cfg), "constitution": None},  # its content is keyed below, not its path
             "sft": asdict(sft),
             "constitution": constitution.content_hash,
             "seed": seed,

@@ -1,0 +1,293 @@
+"""RL-CAI preference labels from the feedback model (Bai et al. 2022, section 4.1).
+
+The feedback model is shown a request, two responses and one principle's comparison question as a
+multiple-choice prompt, and we read how much next-token probability it puts on each option letter. The
+two probabilities, renormalised, are a soft label. Averaging over several principles (an ensemble)
+makes labels more robust than any single wording, and asking again with the options swapped cancels the
+model's preference for a position. With chain of thought the model reasons first and its answers become
+overconfident, so, as in the paper, each probability is clamped to [0.4, 0.6].
+
+Labelling costs one forward pass per (pair, principle, order) and no generation (unless chain of
+thought is on), so it is batched and much cheaper than sampling the responses.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from align.config import PreferencesConfig
+from align.feedback import prompts
+from align.generation.base import Backend, generate_sharded
+
+COT_INSTRUCTION = "Think it through step by step before you answer."
+COT_ANSWER_CUE = "So the better response is:"
+FALLBACK_QUESTION = "Which response is more helpful, honest and harmless?"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure arithmetic, kept separate so it can be checked against numbers worked out by hand.
+
+
+def option_probability(logits: torch.Tensor, id_a: torch.Tensor, id_b: torch.Tensor) -> torch.Tensor:
+    """P(A) from next-token logits, renormalised over the two option tokens only.
+
+    Probability mass on every other token (e.g. "I think") says nothing about which option is better,
+    so it is dropped rather than counted against either. ``logits`` is (batch, vocab).
+    """
+    pair = torch.stack([logits.gather(-1, id_a[:, None])[:, 0], logits.gather(-1, id_b[:, None])[:, 0]], dim=-1)
+    return torch.softmax(pair.float(), dim=-1)[:, 0]
+
+
+def swap_average(p_a_first: float, p_a_swapped: float) -> float:
+    """P(first response better), averaged over both presentations.
+
+    ``p_a_first`` is P(A) when the first response is shown as (A); ``p_a_swapped`` is P(A) when it is
+    shown as (B), so there the first response wins with probability 1 - P(A). A model that always says
+    (A) gets 0.5, which is the point: position bias cancels.
+    """
+    return 0.5 * (p_a_first + (1.0 - p_a_swapped))
+
+
+def clamp(p: float, bounds: tuple[float, float]) -> float:
+    lo, hi = bounds
+    return min(max(p, lo), hi)
+
+
+def sample_principles(constitution, k: int, rng: random.Random) -> list:
+    """``k`` distinct principles, drawn in proportion to weight (Efraimidis-Spirakis keys u^(1/w)).
+
+    Distinct, because asking the same question twice adds no information to the ensemble; all of them
+    when ``k`` is at least the constitution's size.
+    """
+    keys = [(rng.random() ** (1.0 / p.weight), i) for i, p in enumerate(constitution.principles)]
+    top = sorted(keys, reverse=True)[: min(k, len(keys))]
+    return [constitution.principles[i] for _, i in sorted(top, key=lambda t: t[1])]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading option probabilities from a causal LM
+
+
+class OptionScorer:
+    """Batched P(A) for multiple-choice conversations, robust to how the tokenizer splits "(A)".
+
+    Tokenizers differ: some have one token for "(A", others "(" then "A", and BPE may merge the
+    answer's first characters with the end of the prompt. So the prompt is tokenised together with each
+    full answer, and the shared token prefix becomes the context; the first tokens where the two answers
+    differ are the option tokens. One forward pass per question reads both.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 64, name: str = "feedback") -> None:
+        self.name = name
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.forward_passes = 0
+        self.seconds = 0.0
+
+    def split(self, text: str) -> tuple[list[int], int, int]:
+        """(context ids, id of the A token, id of the B token) for a prompt ``text`` awaiting the answer."""
+        enc = self.tokenizer
+        ids_a = enc(text + prompts.comparison_answer("A"), add_special_tokens=False).input_ids
+        ids_b = enc(text + prompts.comparison_answer("B"), add_special_tokens=False).input_ids
+        k = 0
+        while k < min(len(ids_a), len(ids_b)) and ids_a[k] == ids_b[k]:
+            k += 1
+        if k == min(len(ids_a), len(ids_b)):
+            raise ValueError("the tokenizer cannot tell the answers (A) and (B) apart")
+        tok_a, tok_b = enc.decode([ids_a[k]]), enc.decode([ids_b[k]])
+        if "A" not in tok_a or "B" not in tok_b:
+            raise ValueError(
+                f"the tokenizer splits (A) and (B) differently ({tok_a!r} vs {tok_b!r}); cannot read option letters"
+            )
+        return ids_a[:k], ids_a[k], ids_b[k]
+
+    @torch.inference_mode()
+    def prob_a(self, texts: Sequence[str], desc: str = "labels") -> list[float]:
+        """P(A) for each rendered prompt; texts are sorted by length so batches pad little."""
+        items = [self.split(t) for t in texts]
+        order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+        out = [math.nan] * len(items)
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        start = time.perf_counter()
+        for lo in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch", leave=False):
+            idx = order[lo : lo + self.batch_size]
+            width = max(len(items[i][0]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):  # left padding: the last position is every row's next token
+                ctx = items[i][0]
+                ids[row, width - len(ctx) :] = torch.tensor(ctx)
+                mask[row, width - len(ctx) :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)
+            ).logits[:, -1]
+            id_a = torch.tensor([items[i][1] for i in idx], device=device)
+            id_b = torch.tensor([items[i][2] for i in idx], device=device)
+            for i, p in zip(idx, option_probability(logits, id_a, id_b).tolist()):
+                out[i] = p
+            self.forward_passes += 1
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Labelling pairs
+
+
+@dataclass
+class Pair:
+    prompt: str
+    response_1: str
+    response_2: str
+
+
+def comparison_conversation(pair_prompt: str, a: str, b: str, question: str, cot: str | None = None) -> list:
+    """The question as a chat; with chain of thought, the reasoning and the answer cue are the assistant's turn."""
+    conv = prompts.comparison_messages(pair_prompt, a, b, question)
+    if cot is None:
+        return conv
+    conv = [prompts.user(conv[0]["content"] + "\n" + COT_INSTRUCTION)]
+    return [*conv, prompts.assistant(f"{cot.strip()}\n{COT_ANSWER_CUE}")]
+
+
+def label_pairs(
+    pairs: Sequence[Pair],
+    constitution,
+    scorer: OptionScorer,
+    *,
+    num_principles: int,
+    seed: int,
+    both_orders: bool = True,
+    chain_of_thought: bool = False,
+    cot_clamp: tuple[float, float] = (0.4, 0.6),
+    reasoner=None,
+    sampling=None,
+) -> list[dict]:
+    """For each pair: P(response_1 better) ensembled over principles and orders, with what was asked.
+
+    ``reasoner`` (a generation backend over the feedback model) writes the chain of thought when it is
+    on; it is asked once per (pair, principle, order), like the paper's per-question reasoning.
+    """
+    rng = random.Random(seed)
+    chosen_principles = [sample_principles(constitution, num_principles, rng) for _ in pairs]
+    orders = (False, True) if both_orders else (False,)
+    queries = []  # (pair index, principle, swapped, (prompt, option A, option B, question))
+    for i, (pair, principles) in enumerate(zip(pairs, chosen_principles)):
+        for principle in principles:
+            question = principle.comparison or FALLBACK_QUESTION
+            for swapped in orders:
+                a, b = (pair.response_2, pair.response_1) if swapped else (pair.response_1, pair.response_2)
+                queries.append((i, principle, swapped, (pair.prompt, a, b, question)))
+
+    render = scorer.tokenizer.apply_chat_template
+    if chain_of_thought:
+        if reasoner is None or sampling is None:
+            raise ValueError("chain_of_thought needs a reasoner backend and sampling settings")
+        asks = [comparison_conversation(*q[3], cot="")[:1] for q in queries]
+        thoughts = reasoner.generate(asks, sampling, seed, "reasoning")
+        texts = [
+            render(comparison_conversation(*q[3], cot=t), tokenize=False, continue_final_message=True)
+            for q, t in zip(queries, thoughts)
+        ]
+    else:
+        texts = [render(comparison_conversation(*q[3]), tokenize=False, add_generation_prompt=True) for q in queries]
+    p_a = scorer.prob_a(texts)
+    if chain_of_thought:
+        p_a = [clamp(p, cot_clamp) for p in p_a]
+
+    per_pair: list[dict[str, dict[bool, float]]] = [{} for _ in pairs]
+    for (i, principle, swapped, _), p in zip(queries, p_a):
+        per_pair[i].setdefault(principle.id, {})[swapped] = p
+    rows = []
+    for i, pair in enumerate(pairs):
+        by_principle = {}
+        for pid, ps in per_pair[i].items():
+            by_principle[pid] = swap_average(ps[False], ps[True]) if both_orders else ps[False]
+        p1 = sum(by_principle.values()) / len(by_principle)
+        rows.append(
+            {
+                "prompt": pair.prompt,
+                "response_1": pair.response_1,
+                "response_2": pair.response_2,
+                "p_first_better": p1,
+                "per_principle": by_principle,
+                "principles": [{"id": p.id, "hash": p.content_hash} for p in chosen_principles[i]],
+            }
+        )
+    return rows
+
+
+def to_preference(row: dict) -> dict:
+    """A DPO/reward row: the response the feedback model favours is ``chosen``, and ``label`` >= 0.5."""
+    p = row["p_first_better"]
+    first_wins = p >= 0.5
+    chosen, rejected = (row["response_1"], row["response_2"]) if first_wins else (row["response_2"], row["response_1"])
+    return {
+        "prompt": [prompts.user(row["prompt"])],
+        "chosen": [prompts.assistant(chosen)],
+        "rejected": [prompts.assistant(rejected)],
+        "label": p if first_wins else 1.0 - p,
+        "principle_ids": [q["id"] for q in row["principles"]],
+    }
+
+
+def ai_feedback_preferences(
+    prompt_texts: Sequence[str],
+    first: Backend,
+    second: Backend,
+    scorer: OptionScorer,
+    constitution,
+    cfg: PreferencesConfig,
+    seed: int,
+    reasoner: Backend | None = None,
+) -> tuple[list[dict], list[dict], dict]:
+    """Sample two responses per prompt, label them with the feedback model; (preferences, labels, counts).
+
+    Pairs whose two responses are the same text carry no preference and are dropped before labelling.
+    """
+    convs = [[prompts.user(p)] for p in prompt_texts]
+    responses_1 = generate_sharded(first, convs, cfg.sampling, seed, "responses 1")
+    responses_2 = generate_sharded(second, convs, cfg.sampling, seed + 1, "responses 2")
+    pairs = [
+        Pair(p, a, b)
+        for p, a, b in zip(prompt_texts, responses_1, responses_2)
+        if a.strip() and b.strip() and a.strip() != b.strip()
+    ]
+    labels = label_pairs(
+        pairs,
+        constitution,
+        scorer,
+        num_principles=cfg.num_principles,
+        seed=seed,
+        both_orders=cfg.both_orders,
+        chain_of_thought=cfg.chain_of_thought,
+        cot_clamp=cfg.cot_clamp,
+        reasoner=reasoner,
+        sampling=cfg.sampling,
+    )
+    provenance = {
+        "constitution": {"name": constitution.name, "version": constitution.version, "hash": constitution.content_hash},
+        "models": {"response_1": first.name, "response_2": second.name, "feedback": scorer.name},
+        "labelling": {
+            "num_principles": cfg.num_principles,
+            "both_orders": cfg.both_orders,
+            "chain_of_thought": cfg.chain_of_thought,
+            "seed": seed,
+        },
+        "generation": asdict(cfg.sampling),
+    }
+    for row in labels:
+        row.update(provenance)
+    preferences = [{**to_preference(row), **provenance} for row in labels]
+    counts = {"prompts": len(prompt_texts), "pairs": len(pairs), "identical_dropped": len(prompt_texts) - len(pairs)}
+    return preferences, labels, counts
