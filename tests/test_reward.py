@@ -27,6 +27,15 @@ WORDS = ["apple", "bread", "chair", "door", "egg", "fish", "grape", "house", "in
 GOOD, BAD = "kindly", "rudely"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The models here are tiny: extra intra-op threads only spin, and on a busy 2-core machine 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_reward_model(tmp_path, seed=0):
     """A tiny causal LM saved to disk and loaded back as a reward model, as the pipeline will do."""
     tok = build_tokenizer([f"tell me about {w} and {w}, {GOOD} or {BAD}" for w in WORDS], 300)
