@@ -268,10 +268,10 @@ def evaluate_reward(
     """Held-out pairwise accuracy and calibration of sigma(r_c - r_r) against the labels.
 
     ``label_accuracy`` counts a pair as right when the reward difference has the sign of (label - 0.5); pairs
-    at exactly 0.5 state no preference and are left out. (TRL logs its own ``accuracy``, r_c > r_r whatever the
-    label, hence the different name.) Calibration asks whether the model's probabilities
-    mean what the labeller's do: expected calibration error over ``n_bins`` equal-width bins of the predicted
-    probability, with the per-bin table (non-empty bins only).
+    at exactly 0.5 state no preference and are left out (TRL logs its own ``accuracy``, r_c > r_r whatever the
+    label, hence the different name). Calibration asks whether the model's probabilities mean what the
+    labeller's do: expected calibration error over ``n_bins`` equal-width bins of the predicted probability,
+    with the per-bin table (non-empty bins only).
     """
     check_pairs(data, "eval")
     r_c, r_r = score_pairs(model, tokenizer, data, batch_size)
