@@ -80,3 +80,15 @@ def test_dpo_rejects_missing_columns_and_empty_data(tmp_path):
     empty = Dataset.from_dict({"prompt": [], "chosen": [], "rejected": []})
     with pytest.raises(ValueError, match="no preference pairs"):
         train_dpo(model, tok, empty, DPOStageConfig(), str(tmp_path), seed=0)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_checkpointing_follows_the_config(on, tmp_path):
+    """TRL's configs switch activation checkpointing on by default; ours must say what the config says."""
+    from trl import DPOConfig, SFTConfig
+
+    from align.train.common import trainer_kwargs
+
+    for config_cls, stage_cls in ((SFTConfig, SFTStageConfig), (DPOConfig, DPOStageConfig)):
+        kwargs = trainer_kwargs(stage_cls(gradient_checkpointing=on), str(tmp_path), 0, "none", "x")
+        assert config_cls(**kwargs).gradient_checkpointing is on

@@ -27,8 +27,9 @@ def trainer_kwargs(cfg: TrainSettings, output_dir: str, seed: int, report_to: st
         lr_scheduler_type=cfg.lr_scheduler_type,
         weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps,
-        # passed only when on: transformers 5 warns about the old name on every construction otherwise
-        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        # TRL's configs turn checkpointing on by default; always say which, under the non-deprecated name.
+        # (Left unset it was silently on: recomputing every forward for no memory need on small models.)
+        activation_checkpointing=cfg.gradient_checkpointing,
         bf16=bf16,
         seed=seed,
         report_to=[] if report_to == "none" else [report_to],

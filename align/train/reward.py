@@ -172,9 +172,6 @@ def train_reward(
     args = RewardConfig(
         **{
             **trainer_kwargs(cfg, output_dir, seed, report_to, run_name),
-            # TRL's configs default to checkpointing on; naming it with the new key honours `false` without the
-            # deprecation warning the old key gives
-            "activation_checkpointing": cfg.gradient_checkpointing,
             "center_rewards_coefficient": cfg.center_rewards_coefficient,
             # Trainer's default swaps NaN step losses for the running mean (0.0 at the start), which hides
             # divergence from training_loss; off, one NaN step makes training_loss NaN and the check below fails.
