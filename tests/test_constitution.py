@@ -149,8 +149,8 @@ def test_harmless_covers_harm_areas_and_has_a_worked_example() -> None:
 def test_concise_is_a_different_constitution() -> None:
     harmless = load_constitution(CONSTITUTIONS / "harmless.yaml")
     concise = load_constitution(CONSTITUTIONS / "concise.yaml")
-    assert 4 <= len(concise.principles) <= 6
-    assert concise.version == "1.0.0"
+    assert len(concise.principles) >= 4
+    assert {"helpful", "concise", "honest"} <= {t for p in concise.principles for t in p.tags}
     assert concise.content_hash != harmless.content_hash
     assert not {p.critique for p in concise.principles} & {p.critique for p in harmless.principles}
 
