@@ -24,6 +24,7 @@ from align.config import ConfigError, RecipeConfig, load_config, to_dict
 from align.constitution import ConstitutionError, load_constitution
 from align.data import DataError, load_prompts, read_jsonl, write_jsonl_atomic
 from align.pipeline import Run
+from align.tracking import log_generated_dataset
 
 STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "eval"]
 
@@ -106,8 +107,12 @@ def summary_lines(preferences: dict, reward: dict | None) -> list[str]:
             f"AI labels agree with the reference judge on {preferences['ai_judge_agreement']:.1%} of "
             f"{preferences['judge_decided_pairs']} pairs where it has a preference."
         )
-    if reward and "eval_accuracy" in reward:
-        lines.append(f"Reward model held-out pairwise accuracy: {reward['eval_accuracy']:.1%}.")
+    if reward and "eval_label_accuracy" in reward:
+        lines.append(
+            f"Reward model on {reward['eval_pairs']:.0f} held-out pairs: accuracy {reward['eval_label_accuracy']:.1%}, "
+            f"mean P(chosen) {reward['eval_mean_prob']:.2f} vs mean label {reward['eval_mean_label']:.2f} "
+            f"(calibration error {reward['eval_ece']:.3f})."
+        )
     return lines
 
 
@@ -217,6 +222,14 @@ def main(argv: list[str] | None = None) -> dict:
                 "tokens_generated": tokens,
                 "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
             }
+            log_generated_dataset(
+                cfg.report_to,
+                stage="critique_revise",
+                constitution=constitution,
+                files=[crs.work_dir / f for f in ("samples.jsonl", "sft.jsonl", "preferences.jsonl")],
+                metadata=crs.metrics,
+                config=to_dict(cr),
+            )
 
     # 3. SFT on the revisions (and on helpful responses, so the model does not learn to refuse everything).
     with run.stage("sft_cai", config=to_dict(cfg.sft_cai), inputs={"data": crs.output_id}) as sft_cai:
@@ -262,6 +275,14 @@ def main(argv: list[str] | None = None) -> dict:
                 raise DataError(f"preferences: no preference pairs to train on (mode {pc.mode})")
             if run.state.is_main_process:
                 write_jsonl_atomic(prefs.work_dir / "preferences.jsonl", rows)
+            log_generated_dataset(
+                cfg.report_to,
+                stage="preferences",
+                constitution=constitution,
+                files=sorted(prefs.work_dir.glob("*.jsonl")),
+                metadata=prefs.metrics,
+                config=to_dict(pc),
+            )
 
     # 5. Reward model: Bradley-Terry on the (soft) preference labels; held-out accuracy and calibration.
     rw = None
@@ -280,7 +301,10 @@ def main(argv: list[str] | None = None) -> dict:
                 ]
                 random.Random(cfg.seed).shuffle(rows)
                 n_eval = max(1, round(cfg.reward.eval_fraction * len(rows)))
-                model, tokenizer = load_reward_model(str(sft_cai.path), trust_remote_code=cfg.trust_remote_code)
+                from transformers import AutoTokenizer
+
+                model = load_reward_model(str(sft_cai.path), cfg.trust_remote_code, seed=cfg.seed)
+                tokenizer = AutoTokenizer.from_pretrained(str(sft_cai.path), trust_remote_code=cfg.trust_remote_code)
                 rw.metrics = train_reward(
                     model,
                     tokenizer,

@@ -15,7 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "cai.py"
 SMOKE = ROOT / "recipes" / "configs" / "cai_smoke.yaml"
-STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "dpo", "eval"]
+STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "eval"]
 
 pytestmark = pytest.mark.recipe
 
@@ -50,7 +50,7 @@ def test_every_stage_published_with_manifest(smoke):
         assert manifest["status"] == "done" and manifest["stage"] == stage
         assert manifest["input_hash"] and manifest["seconds"] >= 0
         assert not (run_dir / f"{stage}.partial").exists()
-    for stage in ("sft", "sft_cai", "dpo"):
+    for stage in ("sft", "sft_cai", "reward", "dpo"):
         assert (run_dir / stage / "model.safetensors").exists()
 
 
@@ -127,12 +127,37 @@ def test_constitution_edit_regenerates_only_the_samples_of_the_edited_principle(
     assert restored.returncode == 0, restored.stderr[-3000:]
 
 
-def test_wandb_offline_logs_one_run_per_training_stage(tmp_path):
-    result = run_recipe(tmp_path, "--report_to=wandb", wandb_mode="offline")
+def test_ai_labels_and_reward_model(smoke):
+    _, run_dir, result = smoke
+    labels = [json.loads(line) for line in (run_dir / "preferences" / "labels.jsonl").open()]
+    prefs = [json.loads(line) for line in (run_dir / "preferences" / "preferences.jsonl").open()]
+    assert len(labels) == len(prefs) > 0
+    for label, pref in zip(labels, prefs):
+        assert len(label["principles"]) == 2 and 0 <= label["p_first_better"] <= 1
+        assert 0.5 <= pref["label"] <= 1 and pref["chosen"] != pref["rejected"]
+        assert pref["constitution"]["name"] == "harmless" and pref["models"]["feedback"].endswith(
+            json.loads((run_dir / "sft" / "manifest.json").read_text())["output_id"]
+        )
+    metrics = json.loads((run_dir / "preferences" / "manifest.json").read_text())["metrics"]
+    assert metrics["pairs"] == len(prefs) and metrics["pairs"] + metrics["identical_dropped"] == 48
+    assert 0 <= metrics["ai_judge_agreement"] <= 1
+    reward = json.loads((run_dir / "reward" / "manifest.json").read_text())["metrics"]
+    assert reward["eval_pairs"] == round(0.25 * len(prefs))
+    assert "Reward model on" in result.stdout and "AI labels agree with the reference judge" in result.stdout
+
+
+def test_wandb_offline_logs_training_runs_and_constitution_lineage(tmp_path):
+    # revision pairs here, so both preference modes run end to end
+    result = run_recipe(tmp_path, "--report_to=wandb", "--preferences.mode=revision_pairs", wandb_mode="offline")
     assert result.returncode == 0, result.stderr[-2000:]
     runs = sorted((tmp_path / "runs" / "cai-smoke" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 3  # sft, sft_cai, dpo
-    assert all(list(r.glob("*.wandb")) for r in runs)
+    # sft, critique_revise, sft_cai, preferences, reward, dpo
+    assert len(runs) == 6
+    logs = [next(r.glob("*.wandb")).read_bytes() for r in runs]
+    with_constitution = [log for log in logs if b"constitution-harmless" in log]
+    assert len(with_constitution) == 2  # the two generation stages log it with their data
+    assert any(b"critique_revise-data" in log for log in with_constitution)
+    assert all(b"1.0.0" in log for log in with_constitution)  # the version is the alias
 
 
 # ---- bad input: a clear error, exit code 2, and no stage output left behind
