@@ -21,23 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from align.constitution import SUFFIXES, Constitution, ConstitutionError, load_constitution
-from align.constitution_tools import (
-    Imported,
-    bump_file,
-    check_file,
-    diff_constitutions,
-    dump_constitution,
-    export_llm_swarm,
-    import_anthropic,
-    import_llm_swarm,
-    lint,
-    load_at_revision,
-    read_source,
-    render_markdown,
-    render_text,
-    split_source,
-    write_atomic,
-)
+from align.constitution.diff import diff_constitutions
+from align.constitution.edit import bump_file, dump_constitution, write_atomic
+from align.constitution.layouts import Imported, export_llm_swarm, import_anthropic, import_llm_swarm
+from align.constitution.lint import lint
+from align.constitution.render import render_markdown, render_text
+from align.constitution.sources import check_file, load_at_revision, read_source, split_source
 
 __all__ = ["build_parser", "main"]
 

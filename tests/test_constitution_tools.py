@@ -12,24 +12,13 @@ from typing import Any
 import pytest
 
 from align.constitution import ConstitutionError, load_constitution, load_constitution_data
-from align.constitution_tools import (
-    bump_file,
-    bump_version,
-    check_file,
-    diff_constitutions,
-    dump_constitution,
-    export_llm_swarm,
-    import_anthropic,
-    import_llm_swarm,
-    lint,
-    load_at_revision,
-    read_source,
-    render_markdown,
-    render_text,
-    split_source,
-    version_change,
-    word_diff,
-)
+from align.constitution.diff import diff_constitutions, word_diff
+from align.constitution.edit import bump_file, dump_constitution
+from align.constitution.layouts import export_llm_swarm, import_anthropic, import_llm_swarm
+from align.constitution.lint import lint
+from align.constitution.render import render_markdown, render_text
+from align.constitution.sources import check_file, load_at_revision, read_source, split_source
+from align.constitution.versions import bump_version, version_change
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "constitutions"

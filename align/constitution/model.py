@@ -78,14 +78,19 @@ class ConstitutionError(ValueError):
         self.source = source
         self.line = line
         self.field = field
-        parts = []
-        if source is not None:
-            parts.append(source if line is None else f"{source}:{line}")
-        if field:
-            parts.append(field)
-        parts.append(problem)
         # Only the full message goes into args, so the error pickles (e.g. across processes) intact.
-        super().__init__(": ".join(parts))
+        super().__init__(_locate(problem, source=source, line=line, field=field))
+
+
+def _locate(problem: str, *, source: str | None, line: int | None, field: str | None) -> str:
+    """``<file>:<line>: <field path>: <problem>``, each part when known (lint warnings read the same)."""
+    parts = []
+    if source is not None:
+        parts.append(source if line is None else f"{source}:{line}")
+    if field:
+        parts.append(field)
+    parts.append(problem)
+    return ": ".join(parts)
 
 
 def _canonical_json(obj: Any) -> bytes:
@@ -353,6 +358,16 @@ def _index_nodes(root: yaml.Node, key_loader: yaml.SafeLoader, source: str) -> d
     return lines
 
 
+def _nearest_line(lines: Mapping[FieldPath, int], path: FieldPath) -> int | None:
+    """The line of a field, or of its nearest parent that has one (e.g. a missing optional key)."""
+    while True:
+        if path in lines:
+            return lines[path]
+        if not path:
+            return None
+        path = path[:-1]
+
+
 def _format_path(path: FieldPath) -> str:
     out = ""
     for part in path:
@@ -387,12 +402,7 @@ class _Validator:
         self.lines = lines
 
     def line(self, path: FieldPath) -> int | None:
-        while True:
-            if path in self.lines:
-                return self.lines[path]
-            if not path:
-                return None
-            path = path[:-1]
+        return _nearest_line(self.lines, path)
 
     def error(self, path: FieldPath, problem: str) -> ConstitutionError:
         return ConstitutionError(problem, source=self.source, line=self.line(path), field=_format_path(path))
