@@ -8,6 +8,7 @@ skipped when its manifest says done with the same input hash. Each finished stag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -65,6 +66,8 @@ class Stage:
     input_hash: str
     manifest: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # name -> (columns, rows): samples a tracker shows as tables (W&B), next to the files on disk
+    tables: dict[str, tuple[list[str], list[list[Any]]]] = field(default_factory=dict)
 
     @property
     def output_id(self) -> str:
@@ -79,10 +82,18 @@ class Stage:
 class Run:
     """A pipeline run directory shared by every process of an accelerate launch."""
 
-    def __init__(self, root: str | Path, force: set[str] | None = None, order: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        force: set[str] | None = None,
+        order: list[str] | None = None,
+        tracker: Any = None,
+    ) -> None:
+        """``tracker`` (e.g. :class:`align.tracking.WandbTracker`) is told about every stage that runs."""
         from accelerate import PartialState
 
         self.root = Path(root)
+        self.tracker = tracker
         self.state = PartialState()
         self.order = order or []
         unknown = sorted(set(force or ()) - set(self.order)) if self.order else []
@@ -120,32 +131,36 @@ class Run:
         self.state.wait_for_everyone()
         print(f"[align] {name}: running", flush=True)
         stage = Stage(name, final, work, False, input_hash)
-        started = time.time()
-        try:
-            yield stage
-        except BaseException:
-            # Nothing half-written survives a failed stage; the previous finished output, if any, stays.
+        tracking = self.tracker.stage(name, config, inputs) if self.tracker else contextlib.nullcontext()
+        with tracking as tracked:
+            started = time.time()
+            try:
+                yield stage
+            except BaseException:
+                # Nothing half-written survives a failed stage; the previous finished output, if any, stays.
+                if self.state.is_main_process:
+                    shutil.rmtree(work, ignore_errors=True)
+                raise
+            manifest = {
+                "stage": name,
+                "status": "done",
+                "input_hash": input_hash,
+                "output_id": stable_hash([input_hash, started, time.time()])[:16],
+                "config": config,
+                "inputs": inputs,
+                "code_version": self.code,
+                "started_at": started,
+                "seconds": round(time.time() - started, 2),
+                "metrics": stage.metrics,
+            }
+            self.state.wait_for_everyone()
             if self.state.is_main_process:
-                shutil.rmtree(work, ignore_errors=True)
-            raise
-        manifest = {
-            "stage": name,
-            "status": "done",
-            "input_hash": input_hash,
-            "output_id": stable_hash([input_hash, started, time.time()])[:16],
-            "config": config,
-            "inputs": inputs,
-            "code_version": self.code,
-            "started_at": started,
-            "seconds": round(time.time() - started, 2),
-            "metrics": stage.metrics,
-        }
-        self.state.wait_for_everyone()
-        if self.state.is_main_process:
-            write_json_atomic(work / MANIFEST, manifest)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(work, final)
-        self.state.wait_for_everyone()
-        stage.done, stage.manifest = True, manifest
+                write_json_atomic(work / MANIFEST, manifest)
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(work, final)
+            self.state.wait_for_everyone()
+            stage.done, stage.manifest = True, manifest
+            if tracked is not None:
+                tracked.published(stage)
         print(f"[align] {name}: done in {manifest['seconds']:.0f}s", flush=True)

@@ -1,23 +1,48 @@
-"""W&B lineage for generated data: which constitution version made which dataset.
+"""W&B tracking for a pipeline run: one group per run, one W&B run per stage, artifacts with lineage.
 
-Training stages get their W&B runs from the TRL trainers; generation stages have no trainer, so they
-open a short run of their own that logs the constitution (type ``constitution``, aliased by version) and
-the generated files (type ``dataset``) with the constitution's identity in the metadata. Online, the
-constitution is also declared as the run's input, which draws the lineage edge in the W&B UI; W&B does
-not allow declaring inputs offline, so there the identity in the metadata is the link.
+Each stage that runs gets a W&B run (job type = stage name, group = pipeline run name) holding the whole
+resolved recipe config. TRL's trainers find that run already open and log into it. When the stage has
+been published, its outputs are logged as artifacts, aliased by the stage's output id: generated data as
+``dataset``, trained models as ``model`` (a reference to the local directory unless uploads are asked
+for: weights are large and usually already on shared disk), and for the generation stages the
+constitution as ``constitution``, aliased by its version. Online, each stage also declares the artifacts
+it consumed, which draws W&B's lineage graph (constitution -> data -> SFT -> reward -> DPO). W&B refuses
+to declare inputs offline, so offline the same links are kept in each artifact's metadata.
+
+Nothing from the environment is logged, and config keys that look like credentials are dropped.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+GENERATION_STAGES = ("critique_revise", "preferences")
+_SECRET_KEY = re.compile(r"token|secret|password|api_?key|credential", re.IGNORECASE)
+_managed: set[str] = set()
 
-def _artifact_name(text: str) -> str:
+
+def is_managed(run) -> bool:
+    """Whether ``run`` was opened by the pipeline (so a trainer must not close it)."""
+    return getattr(run, "id", None) in _managed
+
+
+def scrub(value: Any) -> Any:
+    """A copy without keys that look like credentials, whatever the nesting."""
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    return value
+
+
+def artifact_name(text: str) -> str:
     """W&B artifact names allow letters, digits, '-', '_' and '.'."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "artifact"
 
@@ -26,7 +51,7 @@ def constitution_artifact(constitution):
     import wandb
 
     artifact = wandb.Artifact(
-        _artifact_name(f"constitution-{constitution.name}"),
+        artifact_name(f"constitution-{constitution.name}"),
         type="constitution",
         description=constitution.description or None,
         metadata={
@@ -43,39 +68,133 @@ def constitution_artifact(constitution):
     return artifact
 
 
-def log_generated_dataset(
-    report_to: str,
-    *,
-    stage: str,
-    constitution,
-    files: Sequence[Path],
-    metadata: dict[str, Any],
-    config: dict[str, Any] | None = None,
-) -> None:
-    """Log the constitution and the stage's files, on the main process only; a no-op unless W&B is on."""
-    if report_to != "wandb":
-        return
-    from accelerate import PartialState
+class WandbTracker:
+    """Hooks the pipeline's stages (``Run(tracker=...)``) to W&B runs and artifacts."""
 
-    if not PartialState().is_main_process:
-        return
-    import wandb
+    def __init__(self, root: Path, group: str, config: dict[str, Any], constitution, upload_models: bool = False):
+        self.root = Path(root)
+        self.group = group
+        self.config = scrub(config)
+        self.constitution = constitution
+        self.upload_models = upload_models
 
-    run = wandb.init(job_type=stage, name=stage, config=config or {}, reinit="finish_previous")
-    try:
-        constitution_art = constitution_artifact(constitution)
-        if run.offline:
-            run.log_artifact(constitution_art, aliases=[constitution.version])
-        else:
-            run.use_artifact(constitution_art, aliases=[constitution.version])
-        dataset = wandb.Artifact(
-            _artifact_name(f"{stage}-data"),
-            type="dataset",
-            metadata={**metadata, "constitution": constitution.identity},
+    def _producers(self) -> dict[str, str]:
+        """output id -> stage name, from the manifests on disk (stages skipped in this process included)."""
+        out = {}
+        for manifest in self.root.glob("*/manifest.json"):
+            try:
+                data = json.loads(manifest.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if data.get("output_id"):
+                out[data["output_id"]] = data.get("stage", manifest.parent.name)
+        return out
+
+    @contextmanager
+    def stage(self, name: str, config: Any, inputs: dict[str, Any]) -> Iterator[_StageRun | None]:
+        from accelerate import PartialState
+
+        if not PartialState().is_main_process:
+            yield None
+            return
+        import wandb
+
+        run = wandb.init(
+            job_type=name,
+            name=name,
+            group=self.group,
+            config={"stage": name, "stage_config": scrub(config), "inputs": scrub(inputs), "recipe": self.config},
+            reinit="finish_previous",
         )
-        for path in files:
-            dataset.add_file(str(path), name=Path(path).name)
-        run.log_artifact(dataset)
-        run.summary.update({k: v for k, v in metadata.items() if isinstance(v, (int, float))})
-    finally:
-        run.finish()
+        _managed.add(run.id)
+        producers = self._producers()
+        upstream = {key: f"{producers[v]}:{v}" for key, v in inputs.items() if isinstance(v, str) and v in producers}
+        try:
+            yield _StageRun(self, run, name, upstream)
+        finally:
+            _managed.discard(run.id)
+            run.finish()
+
+
+class _StageRun:
+    def __init__(self, tracker: WandbTracker, run, name: str, upstream: dict[str, str]) -> None:
+        self.tracker, self.run, self.name, self.upstream = tracker, run, name, upstream
+
+    def _artifact(self, stage_name: str) -> str:
+        return artifact_name(f"{self.tracker.group}-{stage_name}")
+
+    def published(self, stage) -> None:
+        """Log what the finished stage wrote, and what it was made from."""
+        import wandb
+
+        run, t = self.run, self.tracker
+        metadata: dict[str, Any] = {"stage": stage.name, "output_id": stage.output_id, "inputs": self.upstream}
+        if not run.offline:
+            for ref in self.upstream.values():
+                stage_name, oid = ref.split(":", 1)
+                try:
+                    run.use_artifact(f"{self._artifact(stage_name)}:{oid}")
+                except Exception as e:  # an upstream stage that ran without W&B has no artifact: say so, go on
+                    print(f"[align] W&B: no artifact for input {ref} ({type(e).__name__}); lineage stops there")
+        if stage.name in GENERATION_STAGES:
+            metadata["constitution"] = t.constitution.identity
+            art = constitution_artifact(t.constitution)
+            if run.offline:
+                run.log_artifact(art, aliases=[t.constitution.version])
+            else:
+                run.use_artifact(art, aliases=[t.constitution.version])
+        files = sorted(p for p in stage.path.glob("*.jsonl"))
+        if files:
+            data = wandb.Artifact(self._artifact(stage.name), type="dataset", metadata=metadata)
+            for path in files:
+                data.add_file(str(path), name=path.name)
+            run.log_artifact(data, aliases=[stage.output_id])
+        if (stage.path / "model.safetensors").exists():
+            model = wandb.Artifact(self._artifact(stage.name), type="model", metadata=metadata)
+            if t.upload_models:
+                model.add_dir(str(stage.path))
+            else:
+                model.add_reference(f"file://{stage.path.resolve()}", checksum=False)
+            run.log_artifact(model, aliases=[stage.output_id])
+        for key, (columns, rows) in stage.tables.items():
+            run.log({key: wandb.Table(columns=columns, data=rows)})
+        run.summary.update({k: v for k, v in stage.metrics.items() if isinstance(v, (int, float))})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading offline runs back. wandb 0.31 writes records with its Go core and ships no Python reader, so
+# this reads the file format (a LevelDB-style log of wandb's own protobuf records) directly.
+
+_BLOCK = 32768
+_HEADER = 7  # crc32 (4), length (2), type (1)
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def read_offline_run(path: str | Path) -> list:
+    """Every record of a ``run-*.wandb`` file, as ``wandb_internal_pb2.Record`` messages."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if not data.startswith(b":W&B"):
+        raise ValueError(f"{path}: not a W&B run file")
+    records, pos, pending = [], 7, b""
+    while pos + _HEADER <= len(data):
+        left_in_block = _BLOCK - pos % _BLOCK
+        if left_in_block < _HEADER:  # block trailer padding
+            pos += left_in_block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        chunk = data[pos + _HEADER : pos + _HEADER + length]
+        pos += _HEADER + length
+        if kind == 0 and length == 0:
+            break
+        if kind in (_FULL, _FIRST):
+            pending = chunk
+        else:
+            pending += chunk
+        if kind in (_FULL, _LAST):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records

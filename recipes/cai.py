@@ -23,8 +23,7 @@ import torch
 from align.config import ConfigError, RecipeConfig, load_config, to_dict
 from align.constitution import ConstitutionError, load_constitution
 from align.data import DataError, load_prompts, read_jsonl, write_jsonl_atomic
-from align.pipeline import Run
-from align.tracking import log_generated_dataset
+from align.pipeline import Run, write_json_atomic
 
 STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "eval"]
 
@@ -126,8 +125,16 @@ def main(argv: list[str] | None = None) -> dict:
     base_constitution = load_constitution(cfg.tiny.constitution) if tiny and cfg.tiny.constitution else constitution
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    run = Run(Path(cfg.output_dir) / cfg.run_name, force=set(args.force), order=STAGES)
-    setup_tracking(cfg, run.root)
+    root = Path(cfg.output_dir) / cfg.run_name
+    tracker = None
+    if cfg.report_to == "wandb":
+        from align.tracking import WandbTracker
+
+        setup_tracking(cfg, root)
+        tracker = WandbTracker(root, cfg.run_name, to_dict(cfg), constitution)
+    run = Run(root, force=set(args.force), order=STAGES, tracker=tracker)
+    if run.state.is_main_process:  # what the run was aligned to, for reports and `align runs compare`
+        write_json_atomic(run.root / "constitution.json", {**constitution.to_dict(), "identity": constitution.identity})
     print(f"[align] constitution {constitution.identity}; run dir {run.root}", flush=True)
 
     from align.tiny.base import cache_key, split_for, train_base_model
@@ -222,13 +229,20 @@ def main(argv: list[str] | None = None) -> dict:
                 "tokens_generated": tokens,
                 "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
             }
-            log_generated_dataset(
-                cfg.report_to,
-                stage="critique_revise",
-                constitution=constitution,
-                files=[crs.work_dir / f for f in ("samples.jsonl", "sft.jsonl", "preferences.jsonl")],
-                metadata=crs.metrics,
-                config=to_dict(cr),
+            crs.tables["samples"] = (
+                ["prompt", "initial_response", "round", "principle", "critique", "revision"],
+                [
+                    [
+                        r["prompt"],
+                        r["initial_response"],
+                        k + 1,
+                        step["principle_id"],
+                        step["critique"],
+                        step["revision"],
+                    ]
+                    for r in records
+                    for k, step in enumerate(r["rounds"])
+                ],
             )
 
     # 3. SFT on the revisions (and on helpful responses, so the model does not learn to refuse everything).
@@ -275,13 +289,18 @@ def main(argv: list[str] | None = None) -> dict:
                 raise DataError(f"preferences: no preference pairs to train on (mode {pc.mode})")
             if run.state.is_main_process:
                 write_jsonl_atomic(prefs.work_dir / "preferences.jsonl", rows)
-            log_generated_dataset(
-                cfg.report_to,
-                stage="preferences",
-                constitution=constitution,
-                files=sorted(prefs.work_dir.glob("*.jsonl")),
-                metadata=prefs.metrics,
-                config=to_dict(pc),
+            prefs.tables["preference_pairs"] = (
+                ["prompt", "chosen", "rejected", "label", "principles"],
+                [
+                    [
+                        r["prompt"][-1]["content"],
+                        r["chosen"][-1]["content"],
+                        r["rejected"][-1]["content"],
+                        r["label"],
+                        ", ".join(r.get("principle_ids", [])),
+                    ]
+                    for r in rows
+                ],
             )
 
     # 5. Reward model: Bradley-Terry on the (soft) preference labels; held-out accuracy and calibration.
@@ -367,6 +386,10 @@ def main(argv: list[str] | None = None) -> dict:
                     {"model": key, "prompt": r.text, "label": r.label, "response": a}
                     for r, a in zip(split.eval, replies)
                 ]
+            ev.tables["eval_responses"] = (
+                ["model", "prompt", "label", "response"],
+                [[r["model"], r["prompt"], r["label"], r["response"]] for r in responses],
+            )
             if run.state.is_main_process:
                 write_jsonl_atomic(ev.work_dir / "responses.jsonl", responses)
                 (ev.work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

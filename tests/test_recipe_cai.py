@@ -146,18 +146,46 @@ def test_ai_labels_and_reward_model(smoke):
     assert "Reward model on" in result.stdout and "AI labels agree with the reference judge" in result.stdout
 
 
-def test_wandb_offline_logs_training_runs_and_constitution_lineage(tmp_path):
-    # revision pairs here, so both preference modes run end to end
+FAKE_KEY = "fake-key-0123456789abcdef0123456789abcdef01234567"
+
+
+def test_wandb_offline_one_run_per_stage_with_lineage_tables_and_no_secrets(tmp_path, monkeypatch):
+    from align.tracking import read_offline_run
+
+    # a planted credential must not reach any logged config, file or report
+    monkeypatch.setenv("HF_TOKEN", "hf_" + FAKE_KEY)
     result = run_recipe(tmp_path, "--report_to=wandb", "--preferences.mode=revision_pairs", wandb_mode="offline")
     assert result.returncode == 0, result.stderr[-2000:]
-    runs = sorted((tmp_path / "runs" / "cai-smoke" / "wandb").glob("offline-run-*"))
-    # sft, critique_revise, sft_cai, preferences, reward, dpo
-    assert len(runs) == 6
-    logs = [next(r.glob("*.wandb")).read_bytes() for r in runs]
-    with_constitution = [log for log in logs if b"constitution-harmless" in log]
-    assert len(with_constitution) == 2  # the two generation stages log it with their data
-    assert any(b"critique_revise-data" in log for log in with_constitution)
-    assert all(b"1.0.0" in log for log in with_constitution)  # the version is the alias
+    run_dir = tmp_path / "runs" / "cai-smoke"
+    runs = {}
+    for folder in (run_dir / "wandb").glob("offline-run-*"):
+        records = read_offline_run(next(folder.glob("*.wandb")))
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+        runs[run.job_type] = (run, artifacts, folder)
+    assert sorted(runs) == sorted(STAGES)  # one run per stage, job type = stage name
+    assert {run.run_group for run, _, _ in runs.values()} == {"cai-smoke"}
+
+    identity = json.loads((run_dir / "constitution.json").read_text())["identity"]
+    for stage in ("critique_revise", "preferences"):
+        _, artifacts, _ = runs[stage]
+        by_type = {a.type: a for a in artifacts}
+        assert by_type["constitution"].name == "constitution-harmless"
+        assert "1.0.0" in by_type["constitution"].aliases  # the version is the alias
+        assert json.loads(by_type["dataset"].metadata)["constitution"] == identity
+    # the SFT-on-revisions model records the dataset it was trained on
+    _, artifacts, _ = runs["sft_cai"]
+    (model,) = [a for a in artifacts if a.type == "model"]
+    assert json.loads(model.metadata)["inputs"]["data"].startswith("critique_revise:")
+
+    _, _, folder = runs["critique_revise"]
+    (table,) = (folder / "files" / "media" / "table").glob("samples_*.table.json")
+    columns = json.loads(table.read_text())["columns"]
+    assert columns == ["prompt", "initial_response", "round", "principle", "critique", "revision"]
+
+    for path in run_dir.rglob("*"):
+        if path.is_file() and path.suffix not in (".safetensors",):
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
 
 
 # ---- bad input: a clear error, exit code 2, and no stage output left behind

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,7 +63,11 @@ def peft_config(lora: LoraSettings, *, task_type: str = "CAUSAL_LM", modules_to_
 
 
 def save_merged(trainer, tokenizer, output_dir: str) -> None:
-    """Save a plain model directory: LoRA adapters are merged so later stages load it like any model."""
+    """Save a plain model directory: LoRA adapters are merged so later stages load it like any model.
+
+    The trainer's log history goes next to it (``log_history.json``), so reports can plot the training
+    curves of any finished stage without a tracker.
+    """
     model = trainer.model
     unwrapped = trainer.accelerator.unwrap_model(model)
     if hasattr(unwrapped, "merge_and_unload"):
@@ -69,6 +75,8 @@ def save_merged(trainer, tokenizer, output_dir: str) -> None:
     if trainer.accelerator.is_main_process:
         unwrapped.save_pretrained(output_dir, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
+        history = json.dumps(trainer.state.log_history, indent=1, default=float)
+        (Path(output_dir) / "log_history.json").write_text(history + "\n")
     trainer.accelerator.wait_for_everyone()
 
 
@@ -77,5 +85,8 @@ def finish_tracking(report_to: str) -> None:
     if report_to == "wandb":
         import wandb
 
-        if wandb.run is not None:
+        from align.tracking import is_managed
+
+        # A run opened by the pipeline for this stage stays open: the pipeline logs artifacts to it, then closes it.
+        if wandb.run is not None and not is_managed(wandb.run):
             wandb.finish()
