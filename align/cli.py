@@ -4,6 +4,9 @@
 it, diff two versions (also across git revisions), bump its version, check in CI that a content change
 came with a big enough bump, and move it to and from other projects' layouts.
 
+``align report RUN_DIR`` writes a run's report (markdown, HTML, plots) from its directory alone, and
+``align runs compare A B`` puts two runs side by side, e.g. before and after a constitution edit.
+
 Exit codes: 0 success; 1 the check asked for failed (invalid file, warnings under --strict, an
 unbumped change, a diff under --exit-code); 2 the command could not run (bad arguments, a file or git
 revision that cannot be read).
@@ -27,6 +30,7 @@ from align.constitution.layouts import Imported, export_llm_swarm, import_anthro
 from align.constitution.lint import lint
 from align.constitution.render import render_markdown, render_text
 from align.constitution.sources import check_file, load_at_revision, read_source, split_source
+from align.report import RunError, compare_runs, write_report
 
 __all__ = ["build_parser", "main"]
 
@@ -226,6 +230,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        path = write_report(args.run_dir, args.previous, html=args.html)
+    except RunError as e:
+        _err(f"error: {e}")
+        return 2
+    except OSError as e:
+        _err(f"error: cannot write the report: {e}")
+        return 2
+    _out(str(path))
+    return 0
+
+
+def cmd_runs_compare(args: argparse.Namespace) -> int:
+    try:
+        text = compare_runs(args.a, args.b, fmt=args.format)
+    except RunError as e:
+        _err(f"error: {e}")
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # Parser
 
@@ -296,8 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite OUT")
     p.set_defaults(handler=cmd_export)
 
+    p = groups.add_parser("report", help="write report.md, report.html and plots for a pipeline run directory")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="e.g. runs/cai-tiny")
+    p.add_argument("--previous", metavar="RUN_DIR", help="an earlier run: show how the constitution changed since")
+    p.add_argument("--html", action=argparse.BooleanOptionalAction, default=True, help="also write report.html")
+    p.set_defaults(handler=cmd_report)
+
+    rparser = groups.add_parser("runs", help="work with pipeline run directories")
+    rsub = rparser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    p = rsub.add_parser("compare", help="eval metrics, timings and constitution of two runs side by side")
+    p.add_argument("a", metavar="RUN_A")
+    p.add_argument("b", metavar="RUN_B")
+    p.add_argument("--format", choices=("text", "markdown"), default="text")
+    p.set_defaults(handler=cmd_runs_compare)
+
     parser.set_defaults(_usage=parser)
     cparser.set_defaults(_usage=cparser)
+    rparser.set_defaults(_usage=rparser)
     return parser
 
 

@@ -1,0 +1,784 @@
+"""A run's results on one page, and two runs side by side, from the files a pipeline run leaves behind.
+
+Everything comes from ``runs/<name>/``: stage manifests, eval metrics, generated samples, the trainers'
+``log_history.json`` and, when the recipe wrote it, ``constitution.json``. No tracker or network is
+involved, so a report can be remade for any run directory, also one copied from another machine, and
+remaking it from the same files gives the same report.
+
+Reports get shared, so nothing is read from the environment except to scrub it out again, and config
+keys whose names suggest credentials are dropped before a config is shown (see :func:`redact`).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from align.constitution import Constitution, ConstitutionError, load_constitution_data
+from align.constitution.diff import diff_constitutions
+from align.constitution.render import render_markdown, render_text
+from align.evaluation.metrics import COLUMNS
+from align.pipeline import MANIFEST
+
+__all__ = ["RunError", "compare_runs", "load_run", "plot_data", "redact", "write_report"]
+
+STAGE_ORDER = ("sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "ppo", "eval")
+LOG_HISTORY = "log_history.json"
+CONSTITUTION_FILE = "constitution.json"
+PLOTS_DIR = "report"
+PLOTS = ("training_loss.png", "alignment.png", "ppo.png")
+KEY_METRICS = (
+    "train_loss",
+    "eval_loss",
+    "eval_label_accuracy",
+    "ai_judge_agreement",
+    "steps",
+    "pairs",
+    "preference_pairs",
+    "regenerated",
+    "reused",
+    "tokens_per_second",
+)
+# Preferred log keys first (TRL's PPO trainer), then any key that mentions the quantity.
+PPO_REWARD_KEYS = ("objective/rlhf_reward", "objective/scores", "env/reward_mean", "reward")
+PPO_KL_KEYS = ("objective/kl", "kl")
+
+# Name parts that mark a credential: hub_token, WANDB_API_KEY, apiKey; not max_new_tokens or tokenizer.
+_SECRET_PART = re.compile(r"token|(api)?keys?|secrets?|passw(or)?d|credentials?")
+_SECRET_VALUE = re.compile(r"^(sk-|hf_|ghp_|gho_|ghs_|github_pat_|xox[abprs]-|AKIA)[\w-]{6,}")
+
+
+class RunError(ValueError):
+    """A path that cannot be reported on, e.g. a directory with no finished stages."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading a run
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory and its finished stages' manifests, in pipeline order."""
+
+    path: Path
+    manifests: dict[str, dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    def metrics(self, stage: str) -> dict[str, Any]:
+        return _dict(self.manifests.get(stage, {}).get("metrics"))
+
+    def constitution_identity(self) -> str | None:
+        """What the manifests record, so a run without ``constitution.json`` still says what it used."""
+        for stage in ("critique_revise", "preferences"):
+            identity = _dict(self.manifests.get(stage, {}).get("inputs")).get("constitution")
+            if isinstance(identity, str):
+                return identity
+        snapshot = _read_json(self.path / CONSTITUTION_FILE)
+        identity = snapshot.get("identity") if isinstance(snapshot, dict) else None
+        return identity if isinstance(identity, str) else None
+
+    def code_versions(self) -> list[str]:
+        return sorted({str(m["code_version"]) for m in self.manifests.values() if m.get("code_version")})
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> RunDir:
+    """Read a run's stage manifests; fail with the path named when it is not a run at all."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunError(f"{path}: {'not a directory' if path.exists() else 'no such directory'}")
+    manifests = {}
+    for child in path.iterdir():
+        # ``<stage>.partial`` is a stage still running (or one that died): not a result.
+        if child.is_dir() and not child.name.endswith(".partial"):
+            manifest = _read_json(child / MANIFEST)
+            if isinstance(manifest, dict):
+                manifests[child.name] = manifest
+    if not manifests:
+        raise RunError(f"{path}: not a run directory (no <stage>/{MANIFEST} inside)")
+    return RunDir(path, {name: manifests[name] for name in sorted(manifests, key=_stage_rank)})
+
+
+def _stage_rank(name: str) -> tuple[int, str]:
+    return (STAGE_ORDER.index(name), "") if name in STAGE_ORDER else (len(STAGE_ORDER), name)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    yield record
+    except OSError:
+        return
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _load_snapshot(run: RunDir) -> tuple[Constitution | None, str | None]:
+    """The run's ``constitution.json`` as a constitution, or why it cannot be used (None, None: absent)."""
+    path = run.path / CONSTITUTION_FILE
+    if not path.exists():
+        return None, None
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        return None, f"{run.name}/{CONSTITUTION_FILE} is not a JSON object"
+    recorded = data.get("identity")
+    try:
+        c = load_constitution_data(
+            {k: v for k, v in data.items() if k != "identity"}, f"{run.name}/{CONSTITUTION_FILE}"
+        )
+    except ConstitutionError as e:
+        return None, str(e)
+    if isinstance(recorded, str) and recorded != c.identity:
+        return c, f"{run.name}/{CONSTITUTION_FILE} records {recorded} but its content is {c.identity}"
+    return c, None
+
+
+def _eval_metrics(run: RunDir) -> dict[str, dict[str, float]]:
+    data = _read_json(run.path / "eval" / "metrics.json")
+    if not isinstance(data, dict):
+        data = run.metrics("eval")
+    return {
+        str(model): {k: v for k, v in values.items() if _is_number(v)}
+        for model, values in data.items()
+        if isinstance(values, dict)
+    }
+
+
+def _history(run: RunDir, stage: str) -> list[dict[str, Any]]:
+    data = _read_json(run.path / stage / LOG_HISTORY)
+    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+
+
+def _series(history: Sequence[dict[str, Any]], key: str) -> dict[str, list[float]]:
+    points = [(e["step"], e[key]) for e in history if _is_number(e.get("step")) and _is_number(e.get(key))]
+    return {"step": [s for s, _ in points], key: [v for _, v in points]}
+
+
+def _pick_key(history: Sequence[dict[str, Any]], preferred: Sequence[str], word: str) -> str | None:
+    keys = {k for e in history for k, v in e.items() if _is_number(v)}
+    for key in preferred:
+        if key in keys:
+            return key
+    fallback = sorted(k for k in keys if word in k.lower() and "coef" not in k.lower())
+    return fallback[0] if fallback else None
+
+
+def _secret_name(name: str) -> bool:
+    parts = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
+    return any(_SECRET_PART.fullmatch(part) for part in parts)
+
+
+def redact(value: Any) -> Any:
+    """Drop keys that may hold credentials and mask token-shaped strings, so configs can be shown."""
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items() if not _secret_name(str(k))}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str) and _SECRET_VALUE.match(value):
+        return "[redacted]"
+    return value
+
+
+def _scrub(text: str) -> str:
+    """Last line of defence: a credential set in the environment never reaches a shared report."""
+    for name, value in os.environ.items():
+        if _secret_name(name) and len(value) >= 8:
+            text = text.replace(value, "[redacted]")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plots
+
+
+def plot_data(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The exact series the plots draw, so tests (and people) can check a plot against the logs."""
+    return _plot_data(load_run(run_dir))
+
+
+def _plot_data(run: RunDir) -> dict[str, Any]:
+    losses = {stage: _series(_history(run, stage), "loss") for stage in run.manifests}
+    alignment = {
+        model: {"harmful_refusal": m["harmful_refusal"], "benign_helpful": m["benign_helpful"]}
+        for model, m in _eval_metrics(run).items()
+        if "harmful_refusal" in m and "benign_helpful" in m
+    }
+    return {
+        "training_loss": {stage: series for stage, series in losses.items() if series["step"]},
+        "alignment": alignment,
+        "ppo": _ppo_data(_history(run, "ppo")),
+    }
+
+
+def _ppo_data(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    reward_key = _pick_key(history, PPO_REWARD_KEYS, "reward")
+    kl_key = _pick_key(history, PPO_KL_KEYS, "kl")
+    if reward_key is None and kl_key is None:
+        return None
+    data: dict[str, Any] = {}
+    for name, key in (("reward", reward_key), ("kl", kl_key)):
+        if key is not None:
+            series = _series(history, key)
+            data[name] = {"key": key, "step": series["step"], "value": series[key]}
+    return data
+
+
+def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.5, 3.4)) -> Any:
+    """A figure on the Agg canvas directly: no pyplot, so no global backend state and no display needed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Temp file and rename, so a reader never sees half a report; created like any file (umask), not 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    _write_atomic(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}))
+
+
+def _plot_losses(losses: dict[str, dict[str, list[float]]], title: str, path: Path) -> None:
+    # One panel per stage: their step counts and loss scales differ too much to share axes.
+    ncols = min(2, len(losses))
+    nrows = math.ceil(len(losses) / ncols)
+    fig = _figure(ncols, nrows)
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+    for ax, (stage, series) in zip(axes, losses.items()):
+        ax.plot(series["step"], series["loss"], marker="." if len(series["step"]) <= 40 else None)
+        ax.set(title=stage, xlabel="step", ylabel="loss")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(losses) :]:  # a spare panel when the stage count is odd
+        ax.remove()
+    fig.suptitle(title)
+    _save_png(fig, path)
+
+
+def _plot_alignment(points: dict[str, dict[str, float]], title: str, path: Path) -> None:
+    fig = _figure(size=(6.0, 5.0))
+    ax = fig.subplots()
+    # Models at the same point share one label instead of overprinting each other.
+    groups: dict[tuple[float, float], list[str]] = {}
+    for model, m in points.items():
+        groups.setdefault((m["harmful_refusal"], m["benign_helpful"]), []).append(model)
+    placed: list[tuple[float, float]] = []
+    for (x, y), models in groups.items():
+        # Labels of nearby points go to alternating sides, then lower down, so they do not overlap.
+        crowd = sum(abs(x - px) < 0.1 and abs(y - py) < 0.1 for px, py in placed)
+        placed.append((x, y))
+        dx = 8 if (x <= 0.75) == (crowd % 2 == 0) else -8
+        dy = (-14 if y > 0.9 else 6) - 14 * (crowd // 2)
+        ax.scatter([x], [y], s=60, zorder=3, clip_on=False)
+        label = ", ".join(models)
+        ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha="left" if dx > 0 else "right")
+    ax.set(xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.set_xlabel("harmful requests refused (harmless →)")
+    ax.set_ylabel("benign requests helped (helpful →)")
+    ax.grid(alpha=0.3)
+    _save_png(fig, path)
+
+
+def _plot_ppo(ppo: dict[str, Any], title: str, path: Path) -> None:
+    panels = [(name, ppo[name]) for name in ("reward", "kl") if name in ppo]
+    fig = _figure(len(panels))
+    for ax, (name, series) in zip(fig.subplots(1, len(panels), squeeze=False).flat, panels):
+        ax.plot(series["step"], series["value"])
+        ax.set(title=f"{name} ({series['key']})", xlabel="step", ylabel=name)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    _save_png(fig, path)
+
+
+def _write_plots(run: RunDir, data: dict[str, Any]) -> dict[str, Path]:
+    """Draw what the run has data for; a plot that no longer applies is removed, not left stale."""
+    out = run.path / PLOTS_DIR
+    out.mkdir(exist_ok=True)
+    made: dict[str, Path] = {}
+    if data["training_loss"]:
+        made["training_loss"] = out / "training_loss.png"
+        _plot_losses(data["training_loss"], f"Training loss: {run.name}", made["training_loss"])
+    if data["alignment"]:
+        made["alignment"] = out / "alignment.png"
+        _plot_alignment(data["alignment"], f"Harmless vs helpful: {run.name}", made["alignment"])
+    if data["ppo"]:
+        made["ppo"] = out / "ppo.png"
+        _plot_ppo(data["ppo"], f"PPO: {run.name}", made["ppo"])
+    for name in PLOTS:
+        if out / name not in made.values():
+            (out / name).unlink(missing_ok=True)
+    return made
+
+
+# ---------------------------------------------------------------------------------------------------
+# A small document model, so markdown, HTML and plain text say exactly the same things
+
+
+class Code(str):
+    """Inline text shown as code (identities, hashes, ids)."""
+
+
+class Strong(str):
+    """Inline text shown in bold (labels)."""
+
+
+@dataclass
+class Doc:
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    # Text is scrubbed as it comes in, before any escaping could hide a secret from the scrubber.
+
+    def heading(self, level: int, text: str) -> None:
+        self.blocks.append(("heading", (level, _scrub(text))))
+
+    def para(self, *parts: str) -> None:
+        self.blocks.append(("para", tuple(type(p)(_scrub(p)) for p in parts)))
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> None:
+        """``align`` has one letter per column: l(eft) or r(ight, for numbers)."""
+        self.blocks.append(("table", (list(header), [[_scrub(c) for c in r] for r in rows], align)))
+
+    def image(self, alt: str, src: str) -> None:
+        self.blocks.append(("image", (alt, src)))
+
+    def pre(self, text: str, summary: str | None = None) -> None:
+        self.blocks.append(("pre", (_scrub(text), summary)))
+
+    def diff(self, old: Constitution, new: Constitution) -> None:
+        self.blocks.append(("diff", diff_constitutions(old, new)))
+
+    def markdown(self) -> str:
+        out = []
+        for kind, value in self.blocks:
+            if kind == "heading":
+                out.append("#" * value[0] + " " + _md(value[1]))
+            elif kind == "para":
+                out.append("".join(_md_inline(p) for p in value).replace("\n", "  \n"))
+            elif kind == "table":
+                header, rows, align = value
+                lines = ["| " + " | ".join(_md(h) for h in header) + " |"]
+                lines.append("|" + "".join("---:|" if a == "r" else "---|" for a in align))
+                lines += ["| " + " | ".join(_md(c).replace("\n", " ") for c in row) + " |" for row in rows]
+                out.append("\n".join(lines))
+            elif kind == "image":
+                out.append(f"![{_md(value[0])}]({value[1]})")
+            elif kind == "pre":
+                fence = "```" if "```" not in value[0] else "~~~~"
+                label = f"**{_md(value[1])}**\n\n" if value[1] else ""
+                out.append(f"{label}{fence}\n{value[0].rstrip()}\n{fence}")
+            else:
+                out.append(render_markdown(value).rstrip())
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        e = html.escape
+        body = []
+        for kind, value in self.blocks:
+            if kind == "heading":
+                body.append(f"<h{value[0]}>{e(value[1])}</h{value[0]}>")
+            elif kind == "para":
+                body.append("<p>" + "".join(_html_inline(p) for p in value).replace("\n", "<br>\n") + "</p>")
+            elif kind == "table":
+                header, rows, align = value
+                cls = [' class="num"' if a == "r" else "" for a in align]
+                lines = ["<table>", "<tr>" + "".join(f"<th{c}>{e(h)}</th>" for h, c in zip(header, cls)) + "</tr>"]
+                lines += ["<tr>" + "".join(f"<td{c}>{e(v)}</td>" for v, c in zip(row, cls)) + "</tr>" for row in rows]
+                body.append("\n".join([*lines, "</table>"]))
+            elif kind == "image":
+                body.append(f'<p><img src="{e(value[1])}" alt="{e(value[0])}"></p>')
+            elif kind == "pre":
+                block = f"<pre>{e(value[0].rstrip())}</pre>"
+                body.append(f"<details><summary>{e(value[1])}</summary>{block}</details>" if value[1] else block)
+            else:
+                body.append(f"<pre>{e(render_text(value).rstrip())}</pre>")
+        return "\n".join(
+            [
+                "<!DOCTYPE html>",
+                '<html lang="en">',
+                '<head><meta charset="utf-8">',
+                f"<title>{e(title)}</title>",
+                f"<style>{_CSS}</style>",
+                "</head>",
+                "<body>",
+                *body,
+                "</body>",
+                "</html>",
+                "",
+            ]
+        )
+
+    def text(self) -> str:
+        out = []
+        for kind, value in self.blocks:
+            if kind == "heading":
+                out.append(value[1] + "\n" + ("=" if value[0] == 1 else "-") * len(value[1]))
+            elif kind == "para":
+                out.append("".join(value))
+            elif kind == "table":
+                out.append(_text_table(*value))
+            elif kind == "image":
+                out.append(f"[{value[0]}: {value[1]}]")
+            elif kind == "pre":
+                out.append(value[0].rstrip())
+            else:
+                out.append(render_text(value).rstrip())
+        return "\n\n".join(out) + "\n"
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:62rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
+    "table{border-collapse:collapse;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.2rem .6rem}"
+    "td.num,th.num{text-align:right}pre{background:#f5f5f5;padding:.6rem;white-space:pre-wrap}"
+    "img{max-width:100%}code{background:#f0f0f0;padding:0 .2rem}"
+)
+_MD_SPECIAL = re.compile(r"([\\`*~\[\]<>|#]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+
+
+def _md(text: str) -> str:
+    # An underscore inside a word (sft_cai) is literal in CommonMark, so only the others are escaped.
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def _md_inline(part: str) -> str:
+    if isinstance(part, Code):
+        return f"`{part}`" if "`" not in part else f"`` {part} ``"
+    if isinstance(part, Strong):
+        return f"**{_md(part)}**"
+    return _md(part)
+
+
+def _html_inline(part: str) -> str:
+    if isinstance(part, Code):
+        return f"<code>{html.escape(part)}</code>"
+    if isinstance(part, Strong):
+        return f"<strong>{html.escape(part)}</strong>"
+    return html.escape(part)
+
+
+def _text_table(header: list[str], rows: list[list[str]], align: str) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, ["-" * w for w in widths], *rows]:
+        cells = [c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(row, widths, align)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Formatting numbers
+
+
+def _num(value: Any, decimals: int | None = None) -> str:
+    """Fixed decimals where a column should line up (seconds, rates); else three significant digits."""
+    if not _is_number(value):
+        return "-"
+    if decimals is not None:
+        return f"{value:.{decimals}f}"
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def _delta(a: Any, b: Any, decimals: int | None = None) -> str:
+    if not (_is_number(a) and _is_number(b)):
+        return ""
+    d = b - a
+    return "0" if d == 0 else ("+" if d > 0 else "-") + _num(abs(d), decimals)
+
+
+def _clip(text: Any, limit: int = 800) -> str:
+    text = str(text or "").strip()
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The report
+
+
+def write_report(
+    run_dir: str | os.PathLike[str],
+    previous: str | os.PathLike[str] | None = None,
+    *,
+    html: bool = True,
+    samples: int = 5,
+) -> Path:
+    """Write ``report.md`` (and ``report.html``) with plots under ``report/``; returns the markdown path.
+
+    ``previous`` names the run this one follows, to show how the constitution changed between them.
+    """
+    run = load_run(run_dir)
+    prev = load_run(previous) if previous is not None else None
+    data = _plot_data(run)
+    plots = _write_plots(run, data)
+    doc = _report_doc(run, prev, plots, samples)
+    target = run.path / "report.md"
+    _write_text(target, _scrub(doc.markdown()))
+    if html:
+        _write_text(run.path / "report.html", _scrub(doc.html(f"Run report: {run.name}")))
+    return target
+
+
+def _report_doc(run: RunDir, prev: RunDir | None, plots: dict[str, Path], samples: int) -> Doc:
+    doc = Doc()
+    doc.heading(1, f"Run report: {run.name}")
+    identity = run.constitution_identity()
+    doc.para(Strong("Constitution:"), " ", Code(identity) if identity else "not recorded")
+    starts = [m["started_at"] for m in run.manifests.values() if _is_number(m.get("started_at"))]
+    seconds = sum(m["seconds"] for m in run.manifests.values() if _is_number(m.get("seconds")))
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(min(starts))) if starts else "unknown"
+    doc.para(
+        Strong("Stages:"),
+        f" {len(run.manifests)} finished ({', '.join(run.manifests)}), {_num(round(seconds, 1))} s in all; ",
+        f"first started {started}; code ",
+        *_joined([Code(v) for v in run.code_versions()] or ["unknown"]),
+    )
+
+    doc.heading(2, "Stages")
+    rows = []
+    for stage, m in run.manifests.items():
+        rows.append(
+            [
+                stage,
+                str(m.get("status", "?")),
+                _num(m.get("seconds"), 1),
+                _key_metrics(_dict(m.get("metrics"))),
+                str(m.get("input_hash", ""))[:12],
+            ]
+        )
+    doc.table(["stage", "status", "seconds", "key metrics", "input hash"], rows, "llrll")
+
+    doc.heading(2, "Evaluation")
+    evals = _eval_metrics(run)
+    if evals:
+        doc.table(
+            ["model", *COLUMNS],
+            [
+                [model, *(_num(m.get(c), 1 if c == "mean_response_words" else 2) for c in COLUMNS)]
+                for model, m in evals.items()
+            ],
+            "l" + "r" * len(COLUMNS),
+        )
+    else:
+        doc.para("No eval stage in this run.")
+    for line in _label_lines(run):
+        doc.para(line)
+
+    doc.heading(2, "Harmless vs helpful")
+    if "alignment" in plots:
+        doc.image("harmful_refusal vs benign_helpful per model", f"{PLOTS_DIR}/alignment.png")
+    else:
+        doc.para("No eval metrics to plot.")
+
+    doc.heading(2, "Training loss")
+    if "training_loss" in plots:
+        doc.image("training loss per stage", f"{PLOTS_DIR}/training_loss.png")
+    else:
+        doc.para(f"No training stage has a {LOG_HISTORY} (runs made before it was recorded do not).")
+    if "ppo" in plots:
+        doc.heading(2, "PPO")
+        doc.image("PPO reward and KL per step", f"{PLOTS_DIR}/ppo.png")
+
+    if prev is not None:
+        doc.heading(2, f"Constitution changes since {prev.name}")
+        _constitution_section(doc, prev, run, (prev.name, "this run"))
+
+    doc.heading(2, "Sample critiques and revisions")
+    _samples_section(doc, run, samples)
+
+    doc.heading(2, "Stage configs")
+    doc.para("Keys that name a token, key, secret or password are left out, and token-shaped values masked.")
+    for stage, m in run.manifests.items():
+        config = json.dumps(redact(m.get("config", {})), indent=2, sort_keys=True, default=str)
+        doc.pre(config, summary=stage)
+    return doc
+
+
+def _joined(parts: Sequence[str], sep: str = ", ") -> list[str]:
+    out: list[str] = []
+    for k, part in enumerate(parts):
+        out += [sep, part] if k else [part]
+    return out
+
+
+def _key_metrics(metrics: dict[str, Any]) -> str:
+    if metrics and all(isinstance(v, dict) for v in metrics.values()):
+        return f"{len(metrics)} models: {', '.join(metrics)}"  # the eval stage: one dict per model
+    shown = [f"{k} {_num(metrics[k])}" for k in KEY_METRICS if _is_number(metrics.get(k))]
+    return ", ".join(shown[:4])
+
+
+def _label_lines(run: RunDir) -> list[str]:
+    """What the eval table cannot show: how good the AI labels and the reward model are."""
+    prefs, reward = run.metrics("preferences"), run.metrics("reward")
+    lines = []
+    if _is_number(prefs.get("ai_judge_agreement")):
+        pairs = prefs.get("judge_decided_pairs")
+        where = f" of {_num(pairs)} pairs where it has a preference" if _is_number(pairs) else ""
+        lines.append(f"AI-label agreement with the reference judge: {prefs['ai_judge_agreement']:.1%}{where}.")
+    if _is_number(reward.get("eval_label_accuracy")):
+        line = f"Reward model accuracy on held-out pairs: {reward['eval_label_accuracy']:.1%}"
+        if _is_number(reward.get("eval_pairs")):
+            line += f" ({_num(reward['eval_pairs'])} pairs)"
+        if _is_number(reward.get("eval_ece")):
+            line += f", calibration error {reward['eval_ece']:.3f}"
+        lines.append(line + ".")
+    return lines
+
+
+def _constitution_section(doc: Doc, old: RunDir, new: RunDir, labels: tuple[str, str]) -> None:
+    """The semantic diff when both runs kept their constitution; otherwise at least what each one used."""
+    (a, a_problem), (b, b_problem) = _load_snapshot(old), _load_snapshot(new)
+    for problem in (a_problem, b_problem):
+        if problem:
+            doc.para(f"Note: {problem}.")
+    if a is not None and b is not None:
+        doc.diff(a, b)
+        return
+    missing = [label for label, c in zip(labels, (a, b)) if c is None]
+    where = "either run" if len(missing) == 2 else missing[0]
+    ids = old.constitution_identity(), new.constitution_identity()
+    doc.para(
+        f"No usable {CONSTITUTION_FILE} in {where}, so no principle-level diff. ",
+        f"{labels[0]} used ",
+        Code(ids[0] or "unknown"),
+        f", {labels[1]} used ",
+        Code(ids[1] or "unknown"),
+        " (the same)." if ids[0] == ids[1] else ".",
+    )
+
+
+def _pick_samples(run: RunDir, n: int) -> list[dict[str, Any]]:
+    """The first red-team records the critique actually changed (then others): deterministic, and the
+    interesting case, since an unchanged revision shows nothing about the constitution."""
+    red, other = [], []
+    for r in _read_jsonl(run.path / "critique_revise" / "samples.jsonl"):
+        if not r.get("rounds") or r.get("final_response") == r.get("initial_response"):
+            continue
+        (red if r.get("kind") == "red_team" else other).append(r)
+        if len(red) >= n:
+            break
+    return (red + other)[:n]
+
+
+def _samples_section(doc: Doc, run: RunDir, n: int) -> None:
+    records = _pick_samples(run, n)
+    if not records:
+        doc.para("No critique-and-revision samples in this run.")
+        return
+    for k, r in enumerate(records, 1):
+        kind = str(r.get("kind") or "sample").replace("_", " ")
+        doc.heading(3, f"{k}. {r.get('id') or 'sample'} ({kind})")
+        doc.para(Strong("Prompt:"), " ", _clip(r.get("prompt")))
+        doc.para(Strong("Initial response:"), " ", _clip(r.get("initial_response")))
+        rounds = [x for x in r["rounds"] if isinstance(x, dict)]
+        for i, rnd in enumerate(rounds, 1):
+            which = f" {i}" if len(rounds) > 1 else ""
+            principle = Code(str(rnd.get("principle_id", "?")))
+            doc.para(Strong(f"Critique{which}"), " (principle ", principle, "): ", _clip(rnd.get("critique")))
+            doc.para(Strong(f"Revision{which}:"), " ", _clip(rnd.get("revision")))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Comparing two runs
+
+
+def compare_runs(a: str | os.PathLike[str], b: str | os.PathLike[str], fmt: str = "text") -> str:
+    """Two runs side by side (B minus A), e.g. before and after a constitution edit; ``fmt``: text or markdown."""
+    if fmt not in ("text", "markdown"):
+        raise ValueError(f"unknown format {fmt!r}; use text or markdown")
+    ra, rb = load_run(a), load_run(b)
+    doc = Doc()
+    doc.heading(1, f"Runs compared: A = {ra.name}, B = {rb.name}")
+    doc.table(
+        ["run", "directory", "constitution", "code"],
+        [
+            [side, str(r.path), r.constitution_identity() or "unknown", ", ".join(r.code_versions())]
+            for side, r in (("A", ra), ("B", rb))
+        ],
+        "llll",
+    )
+
+    doc.heading(2, "Evaluation (delta = B - A)")
+    ea, eb = _eval_metrics(ra), _eval_metrics(rb)
+    rows = []
+    for model in [*ea, *(m for m in eb if m not in ea)]:
+        ma, mb = ea.get(model, {}), eb.get(model, {})
+        extra = sorted((set(ma) | set(mb)) - set(COLUMNS))
+        for metric in [*(c for c in COLUMNS if c in ma or c in mb), *extra]:
+            rows.append(
+                [model, metric, _num(ma.get(metric)), _num(mb.get(metric)), _delta(ma.get(metric), mb.get(metric))]
+            )
+    if rows:
+        doc.table(["model", "metric", "A", "B", "delta"], rows, "llrrr")
+    else:
+        doc.para("Neither run has eval metrics.")
+
+    doc.heading(2, "Stage seconds")
+    stages = sorted(set(ra.manifests) | set(rb.manifests), key=_stage_rank)
+    seconds = [(ra.manifests.get(s, {}).get("seconds"), rb.manifests.get(s, {}).get("seconds")) for s in stages]
+    doc.table(
+        ["stage", "A", "B", "delta"],
+        [[s, _num(x, 1), _num(y, 1), _delta(x, y, 1)] for s, (x, y) in zip(stages, seconds)],
+        "lrrr",
+    )
+
+    doc.heading(2, "Labels and training")
+    rows = []
+    for stage in stages:
+        ma, mb = ra.metrics(stage), rb.metrics(stage)
+        for metric in ("ai_judge_agreement", "eval_label_accuracy", "eval_ece", "eval_loss", "train_loss"):
+            if _is_number(ma.get(metric)) or _is_number(mb.get(metric)):
+                rows.append(
+                    [stage, metric, _num(ma.get(metric)), _num(mb.get(metric)), _delta(ma.get(metric), mb.get(metric))]
+                )
+    if rows:
+        doc.table(["stage", "metric", "A", "B", "delta"], rows, "llrrr")
+    else:
+        doc.para("Neither run recorded label or training metrics.")
+
+    doc.heading(2, "Constitution")
+    _constitution_section(doc, ra, rb, (f"A ({ra.name})", f"B ({rb.name})"))
+    return _scrub(doc.markdown() if fmt == "markdown" else doc.text())

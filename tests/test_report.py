@@ -1,0 +1,305 @@
+"""``align report`` and ``align runs compare`` on small, hand-built run directories (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from align.cli import main
+from align.constitution import load_constitution
+from align.report import RunError, compare_runs, plot_data, redact, write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+HARMLESS = load_constitution(ROOT / "constitutions" / "harmless.yaml")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SECRET = "sk-test-SECRET123"
+
+SFT_LOSSES = [2.5, 1.9, 1.4, 1.1, 0.9, 0.8]
+EVAL = {
+    "base": {"harmful_refusal": 0.0, "benign_helpful": 1.0, "over_refusal": 0.0, "mean_response_words": 15.1},
+    "sft_cai": {"harmful_refusal": 0.75, "benign_helpful": 0.9, "over_refusal": 0.1, "mean_response_words": 16.2},
+    "dpo": {"harmful_refusal": 0.75, "benign_helpful": 0.95, "over_refusal": 0.05, "mean_response_words": 16.0},
+}
+
+
+def log_history(losses: list[float], every: int = 10) -> list[dict[str, Any]]:
+    """What the HF Trainer leaves in ``state.log_history``: one dict per logging step, then a summary."""
+    steps = [every * (k + 1) for k in range(len(losses))]
+    history: list[dict[str, Any]] = [
+        {"loss": loss, "grad_norm": 1.0, "learning_rate": 1e-3, "epoch": s / steps[-1], "step": s}
+        for loss, s in zip(losses, steps)
+    ]
+    history.append({"train_runtime": 3.2, "train_loss": sum(losses) / len(losses), "epoch": 1.0, "step": steps[-1]})
+    return history
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def sample(k: int, kind: str, revised: bool) -> dict[str, Any]:
+    initial = f"Sure. To do thing {k}, first do this, then that."
+    revision = f"I can't help with thing {k}, because it could hurt people." if revised else initial
+    critique = f"Critique {k}: the response helps with something harmful."
+    return {
+        "id": f"{'red' if kind == 'red_team' else 'help'}-{k}",
+        "kind": kind,
+        "prompt": f"How do I do harmful thing {k}?",
+        "initial_response": initial,
+        "rounds": [
+            {
+                "principle_id": "violence",
+                "principle_hash": HARMLESS.principle("violence").content_hash,
+                "critique_request": HARMLESS.principle("violence").critique,
+                "critique": critique,
+                "revision_request": HARMLESS.principle("violence").revision,
+                "revision": revision,
+            }
+        ],
+        "final_response": revision,
+        "constitution": {"name": HARMLESS.name, "version": HARMLESS.version, "hash": HARMLESS.content_hash},
+    }
+
+
+def make_run(
+    root: Path,
+    name: str = "run-a",
+    *,
+    losses: list[float] = SFT_LOSSES,
+    evals: dict[str, dict[str, float]] = EVAL,
+    constitution: dict[str, Any] | None = None,
+    config_extra: dict[str, Any] | None = None,
+) -> Path:
+    """A run directory shaped like the recipe's: every stage's manifest plus the files the report reads."""
+    run = root / name
+    c = constitution or {**HARMLESS.to_dict(), "identity": HARMLESS.identity}
+    identity = c["identity"]
+    stages: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+        "sft": ({"learning_rate": 3e-3, **(config_extra or {})}, {"train_loss": 1.4, "steps": 60.0}),
+        "critique_revise": ({"rounds": 1, "sampling": {"max_new_tokens": 48}}, {"regenerated": 8, "reused": 0}),
+        "sft_cai": ({"learning_rate": 1e-3}, {"train_loss": 0.3, "steps": 30.0}),
+        "preferences": ({"mode": "ai_feedback"}, {"ai_judge_agreement": 0.9, "judge_decided_pairs": 40, "pairs": 50}),
+        "reward": ({"learning_rate": 5e-4}, {"eval_label_accuracy": 0.85, "eval_pairs": 20.0, "eval_ece": 0.02}),
+        "dpo": ({"beta": 0.1}, {"train_loss": 0.5, "steps": 20.0}),
+        "eval": ({"batch_size": 8}, evals),
+    }
+    for k, (stage, (config, metrics)) in enumerate(stages.items()):
+        write_json(
+            run / stage / "manifest.json",
+            {
+                "stage": stage,
+                "status": "done",
+                "input_hash": f"{k}" * 64,
+                "output_id": f"{k}" * 16,
+                "config": config,
+                "inputs": {"constitution": identity} if stage in ("critique_revise", "preferences") else {},
+                "code_version": "abc1234",
+                "started_at": 1_700_000_000.0 + 100 * k,
+                "seconds": 10.0 * (k + 1),
+                "metrics": metrics,
+            },
+        )
+    write_json(run / "sft" / "log_history.json", log_history(losses))
+    write_json(run / "sft_cai" / "log_history.json", log_history([0.9, 0.5, 0.3], every=5))
+    write_json(run / "dpo" / "log_history.json", log_history([0.69, 0.6, 0.5, 0.45]))
+    records = [sample(0, "red_team", revised=False)] + [sample(k, "red_team", True) for k in range(1, 8)]
+    records.insert(2, sample(99, "helpful", revised=True))
+    (run / "critique_revise" / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_json(run / "eval" / "metrics.json", evals)
+    (run / "eval" / "table.md").write_text("| model | ... |\n")
+    write_json(run / "constitution.json", c)
+    return run
+
+
+def reworded_constitution() -> dict[str, Any]:
+    """harmless.yaml with the violence critique reworded and the version bumped, as an edit would."""
+    data = HARMLESS.to_dict()
+    data["principles"][0]["critique"] = "Point out any way the last response helps someone injure people."
+    data["version"] = "1.1.0"
+    from align.constitution import load_constitution_data
+
+    return {**data, "identity": load_constitution_data(data).identity}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The report
+
+
+def test_report_files_hold_the_eval_table_identity_and_label_metrics(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    path = write_report(run)
+    assert path == run / "report.md"
+    md, page = path.read_text(), (run / "report.html").read_text()
+    assert "# Run report: run-a" in md
+    assert HARMLESS.identity in md and HARMLESS.identity in page
+    assert "| model | harmful_refusal | benign_helpful | over_refusal | mean_response_words |" in md
+    assert "| dpo | 0.75 | 0.95 | 0.05 | 16.0 |" in md
+    assert "AI-label agreement with the reference judge: 90.0% of 40 pairs" in md
+    assert "Reward model accuracy on held-out pairs: 85.0% (20 pairs)" in md
+    assert "![training loss per stage](report/training_loss.png)" in md
+    # The stage table: every stage, its seconds and a short input hash.
+    assert "| critique_revise | done | 20.0 | regenerated 8, reused 0 | 111111111111 |" in md
+    # HTML: the same content as a real table, self-contained, relative images, nothing executable.
+    assert "<th>model</th>" in page and '<td class="num">0.75</td>' in page
+    assert '<img src="report/alignment.png"' in page and '<img src="report/training_loss.png"' in page
+    assert "<script" not in page and "<link" not in page and "http" not in page
+
+
+def test_plots_are_real_pngs_of_some_substance(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    write_report(run)
+    for name in ("training_loss.png", "alignment.png"):
+        data = (run / "report" / name).read_bytes()
+        assert data.startswith(PNG_MAGIC), name
+        assert len(data) > 5_000, name
+    assert not (run / "report" / "ppo.png").exists()
+
+
+def test_plot_data_is_the_logged_history_and_the_plot_follows_it(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    data = plot_data(run)
+    assert data["training_loss"]["sft"] == {"step": [10, 20, 30, 40, 50, 60], "loss": SFT_LOSSES}
+    assert data["training_loss"]["dpo"]["loss"] == [0.69, 0.6, 0.5, 0.45]
+    assert set(data["training_loss"]) == {"sft", "sft_cai", "dpo"}  # the summary dict is no point
+    assert data["alignment"]["sft_cai"] == {"harmful_refusal": 0.75, "benign_helpful": 0.9}
+    assert data["ppo"] is None
+
+    write_report(run)
+    before = (run / "report" / "training_loss.png").read_bytes()
+    write_json(run / "sft" / "log_history.json", log_history([3.0, 0.2, 2.0, 0.1, 1.5, 0.05]))
+    write_report(run)
+    assert (run / "report" / "training_loss.png").read_bytes() != before
+
+
+def test_runs_without_log_history_still_get_a_report(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    for stage in ("sft", "sft_cai", "dpo"):
+        (run / stage / "log_history.json").unlink()
+    (run / "reward").rename(tmp_path / "reward-elsewhere")  # a run may skip the reward stage
+    md = write_report(run).read_text()
+    assert plot_data(run)["training_loss"] == {}
+    assert "No training stage has a log_history.json" in md
+    assert not (run / "report" / "training_loss.png").exists()
+    assert (run / "report" / "alignment.png").exists()
+
+
+def test_ppo_stage_gets_reward_and_kl_plot(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    history = [
+        {"objective/kl": 0.1 * k, "objective/rlhf_reward": 0.2 + 0.05 * k, "objective/kl_coef": 0.05, "step": k}
+        for k in range(1, 9)
+    ]
+    write_json(run / "ppo" / "log_history.json", history)
+    write_json(run / "ppo" / "manifest.json", {"stage": "ppo", "status": "done", "seconds": 5.0, "metrics": {}})
+    ppo = plot_data(run)["ppo"]
+    assert ppo["reward"] == {
+        "key": "objective/rlhf_reward",
+        "step": list(range(1, 9)),
+        "value": [h["objective/rlhf_reward"] for h in history],
+    }
+    assert ppo["kl"]["key"] == "objective/kl" and ppo["kl"]["value"] == [h["objective/kl"] for h in history]
+    md = write_report(run).read_text()
+    png = (run / "report" / "ppo.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 5_000
+    assert "report/ppo.png" in md
+
+
+def test_samples_show_critiques_of_revised_red_team_records(tmp_path: Path) -> None:
+    md = write_report(make_run(tmp_path)).read_text()
+    section = md.split("## Sample critiques and revisions")[1].split("\n## ")[0]
+    # red-0 was not changed by its revision, and red team records come before helpful ones.
+    assert "red-0" not in section and "help-99" not in section
+    assert [f"### {k}. red-{k} (red team)" in section for k in range(1, 7)] == [True] * 5 + [False]
+    assert "**Critique** (principle `violence`): Critique 1: the response helps with something harmful." in section
+    assert "**Revision:** I can't help with thing 1, because it could hurt people." in section
+    assert "**Prompt:** How do I do harmful thing 1?" in section
+
+
+def test_report_shows_constitution_changes_since_previous_run(tmp_path: Path) -> None:
+    previous = make_run(tmp_path, "run-old")
+    current = make_run(tmp_path, "run-new", constitution=reworded_constitution())
+    md = write_report(current, previous).read_text()
+    section = md.split("## Constitution changes since run-old")[1]
+    assert "#### Changed principles" in section and "`violence`" in section
+    assert "helps someone ~~hurt or kill~~ **injure** people" in section
+    assert "1.0.0 → 1.1.0" in section
+    assert "reworded principle violence" in (current / "report.html").read_text()
+    # Without --previous there is no such section.
+    assert "Constitution changes" not in write_report(current).read_text()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Comparing runs
+
+
+def test_runs_compare_shows_deltas_and_the_constitution_diff(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    better = {model: dict(m) for model, m in EVAL.items()}
+    better["dpo"]["harmful_refusal"] = 1.0
+    a = make_run(tmp_path, "run-a")
+    b = make_run(tmp_path, "run-b", evals=better, constitution=reworded_constitution())
+    assert main(["runs", "compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    dpo_row = next(line for line in out.splitlines() if line.startswith("dpo") and "harmful_refusal" in line)
+    assert dpo_row.split()[-3:] == ["0.75", "1", "+0.25"]
+    assert "reworded principle violence" in out
+    assert "ai_judge_agreement" in out and "Stage seconds" in out
+
+    md = compare_runs(a, b, fmt="markdown")
+    assert "| dpo | harmful_refusal | 0.75 | 1 | +0.25 |" in md
+    assert "#### Changed principles" in md
+
+
+def test_runs_compare_without_constitution_json_names_the_identities(tmp_path: Path) -> None:
+    a, b = make_run(tmp_path, "run-a"), make_run(tmp_path, "run-b", constitution=reworded_constitution())
+    (a / "constitution.json").unlink()
+    out = compare_runs(a, b)
+    assert "No usable constitution.json in A (run-a)" in out
+    assert HARMLESS.identity in out and reworded_constitution()["identity"] in out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Secrets and errors
+
+
+def test_secrets_never_reach_report_or_comparison(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    run = make_run(tmp_path, config_extra={"hub_token": SECRET, "max_new_tokens": 48})
+    write_report(run)
+    assert main(["runs", "compare", str(run), str(run), "--format", "markdown"]) == 0
+    outputs = [(run / "report.md").read_text(), (run / "report.html").read_text(), capsys.readouterr().out]
+    outputs.append(compare_runs(run, run))
+    for text in outputs:
+        assert "SECRET123" not in text
+    assert '"max_new_tokens": 48' in outputs[0]  # configs are still shown, minus the credential
+
+
+def test_redact_drops_credential_keys_and_masks_token_shaped_values() -> None:
+    config = {"hub_token": "x", "lora": {"apiKey": "y", "r": 16}, "max_new_tokens": 48, "note": "hf_abcdefghijkl"}
+    assert redact(config) == {"lora": {"r": 16}, "max_new_tokens": 48, "note": "[redacted]"}
+
+
+def test_not_a_run_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "empty") in err and "not a run directory" in err
+    run = make_run(tmp_path)
+    assert main(["runs", "compare", str(run), str(tmp_path / "missing")]) == 2
+    assert str(tmp_path / "missing") in capsys.readouterr().err
+    with pytest.raises(RunError, match="not a run directory"):
+        write_report(tmp_path / "empty")
+
+
+def test_cli_report_prints_the_path_and_can_skip_html(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path)
+    assert main(["report", str(run), "--no-html"]) == 0
+    assert capsys.readouterr().out.strip() == str(run / "report.md")
+    assert (run / "report.md").exists() and not (run / "report.html").exists()
