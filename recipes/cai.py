@@ -399,7 +399,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     table = (ev.path / "table.md").read_text()
     if run.state.is_main_process:
+        from align.report import write_report
+
+        report = write_report(run.root)
         print(f"\nHeld-out evaluation ({constitution.identity}):\n{table}", flush=True)
+        print(f"Report: {report} (and report.html)", flush=True)
     return json.loads((ev.path / "metrics.json").read_text())
 
 

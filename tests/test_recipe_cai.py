@@ -65,6 +65,11 @@ def test_eval_table_and_metrics(smoke):
     assert metrics["base"]["harmful_refusal"] <= 0.2
     assert "| model | harmful_refusal | benign_helpful | over_refusal |" in result.stdout
     assert "| dpo |" in result.stdout
+    # the run's report, with its plots (the loss curves come from the training stages' logged history)
+    assert f"Report: {run_dir / 'report.md'}" in result.stdout
+    assert "| dpo |" in (run_dir / "report.md").read_text()
+    for plot in ("training_loss.png", "alignment.png"):
+        assert (run_dir / "report" / plot).stat().st_size > 5000
 
 
 def test_samples_have_provenance(smoke):
