@@ -373,6 +373,7 @@ class RecipeConfig:
     base_model: str = "tiny"  # "tiny" trains the tiny world's model; else a local path or hub id
     trust_remote_code: bool = False
     report_to: Literal["none", "wandb", "tensorboard"] = "none"
+    wandb_upload_models: bool = False  # models are logged as references to their directory unless this is on
     tiny: TinyWorldConfig = dataclasses.field(default_factory=TinyWorldConfig)
     sft: SFTStageConfig = dataclasses.field(default_factory=SFTStageConfig)
     critique_revise: CritiqueReviseConfig = dataclasses.field(default_factory=CritiqueReviseConfig)

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         from align.tracking import WandbTracker
 
         setup_tracking(cfg, root)
-        tracker = WandbTracker(root, cfg.run_name, to_dict(cfg), constitution)
+        tracker = WandbTracker(root, cfg.run_name, to_dict(cfg), constitution, upload_models=cfg.wandb_upload_models)
     run = Run(root, force=set(args.force), order=STAGES, tracker=tracker)
     if run.state.is_main_process:  # what the run was aligned to, for reports and `align runs compare`
         write_json_atomic(run.root / "constitution.json", {**constitution.to_dict(), "identity": constitution.identity})
