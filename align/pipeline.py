@@ -4,6 +4,11 @@
 ``<stage>.partial/`` and is renamed into place with its ``manifest.json`` as the last step. A stage is
 skipped when its manifest says done with the same input hash. Each finished stage gets a fresh
 ``output_id`` that downstream stages include in their inputs, so redoing a stage redoes everything after it.
+
+A stage that died (killed, or failed with an error) keeps its resumable state in ``<stage>.partial/``:
+the directories named in :data:`RESUMABLE` (generation shards, training checkpoints), tagged with the
+input hash they were made for. The next attempt with the same inputs starts from them; any other files
+of the dead attempt, and state made for other inputs, are deleted first.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+RESUMABLE = ("shards", "checkpoints")  # what an interrupted attempt leaves for the next one
+INPUT_TAG = ".input_hash"
 
 
 def stable_hash(value: Any) -> str:
@@ -64,6 +71,7 @@ class Stage:
     work_dir: Path  # where to write while running
     done: bool
     input_hash: str
+    resumed: bool = False  # the work dir holds shards or checkpoints of an earlier attempt with these inputs
     manifest: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     # name -> (columns, rows): samples a tracker shows as tables (W&B), next to the files on disk
@@ -122,24 +130,25 @@ class Run:
         old = self.manifest(name)
         if name not in self.force and old.get("status") == "done" and old.get("input_hash") == input_hash:
             print(f"[align] {name}: done with the same inputs, skipped ({final})", flush=True)
-            yield Stage(name, final, work, True, input_hash, old, old.get("metrics", {}))
+            yield Stage(name, final, work, True, input_hash, manifest=old, metrics=old.get("metrics", {}))
             return
+        resumed = _same_inputs(work, input_hash)
+        self.state.wait_for_everyone()  # every process reads the tag before the main process rewrites it
         if self.state.is_main_process:
-            if work.exists():
-                shutil.rmtree(work)
-            work.mkdir(parents=True)
+            _prepare_work_dir(work, input_hash, keep=resumed)
         self.state.wait_for_everyone()
-        print(f"[align] {name}: running", flush=True)
-        stage = Stage(name, final, work, False, input_hash)
+        print(f"[align] {name}: {'resuming from ' + str(work) if resumed else 'running'}", flush=True)
+        stage = Stage(name, final, work, False, input_hash, resumed=resumed)
         tracking = self.tracker.stage(name, config, inputs) if self.tracker else contextlib.nullcontext()
         with tracking as tracked:
             started = time.time()
             try:
                 yield stage
             except BaseException:
-                # Nothing half-written survives a failed stage; the previous finished output, if any, stays.
+                # Nothing half-written survives a failed stage; the previous finished output, if any, stays,
+                # and so do the shards and checkpoints the next attempt resumes from.
                 if self.state.is_main_process:
-                    shutil.rmtree(work, ignore_errors=True)
+                    _keep_only_resumable(work)
                 raise
             manifest = {
                 "stage": name,
@@ -155,6 +164,12 @@ class Run:
             }
             self.state.wait_for_everyone()
             if self.state.is_main_process:
+                for sub in (*RESUMABLE, INPUT_TAG):  # resume state is not part of the published output
+                    target = work / sub
+                    if target.is_dir():
+                        shutil.rmtree(target)
+                    elif target.exists():
+                        target.unlink()
                 write_json_atomic(work / MANIFEST, manifest)
                 if final.exists():
                     shutil.rmtree(final)
@@ -164,3 +179,32 @@ class Run:
             if tracked is not None:
                 tracked.published(stage)
         print(f"[align] {name}: done in {manifest['seconds']:.0f}s", flush=True)
+
+
+def _same_inputs(work: Path, input_hash: str) -> bool:
+    try:
+        tag = (work / INPUT_TAG).read_text().strip()
+    except OSError:
+        return False
+    return tag == input_hash and any((work / sub).is_dir() for sub in RESUMABLE)
+
+
+def _keep_only_resumable(work: Path) -> None:
+    """Delete everything of a dead attempt except its resumable state (and the tag saying for what inputs)."""
+    if not work.exists():
+        return
+    for child in work.iterdir():
+        if child.name in RESUMABLE or child.name == INPUT_TAG:
+            continue
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    if not any((work / sub).is_dir() for sub in RESUMABLE):
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _prepare_work_dir(work: Path, input_hash: str, keep: bool) -> None:
+    if keep:
+        _keep_only_resumable(work)
+    elif work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / INPUT_TAG).write_text(input_hash + "\n")

@@ -63,3 +63,26 @@ def test_failed_stage_leaves_nothing_half_written_and_keeps_previous_result(tmp_
         raise RuntimeError("bad input")
     assert (tmp_path / "a" / "out.txt").read_text() == "v1"
     assert not (tmp_path / "a.partial").exists()
+
+
+def test_failed_stage_keeps_resumable_state_for_the_same_inputs_only(tmp_path):
+    run = Run(tmp_path, order=ORDER)
+    with pytest.raises(RuntimeError), run.stage("a", config={}, inputs={}) as st:
+        assert not st.resumed
+        (st.work_dir / "shards").mkdir()
+        (st.work_dir / "shards" / "00000.jsonl").write_text("{}\n")
+        (st.work_dir / "half.txt").write_text("partial")
+        raise RuntimeError("killed")
+    # the shard survives, the half-written file does not
+    assert (tmp_path / "a.partial" / "shards" / "00000.jsonl").exists()
+    assert not (tmp_path / "a.partial" / "half.txt").exists()
+    with run.stage("a", config={}, inputs={}) as st:
+        assert st.resumed and (st.work_dir / "shards" / "00000.jsonl").exists()
+        (st.work_dir / "out.txt").write_text("v1")
+    # resume state is not part of the published output
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["manifest.json", "out.txt"]
+    with pytest.raises(RuntimeError), run.stage("b", config={}, inputs={}) as st:
+        (st.work_dir / "checkpoints").mkdir()
+        raise RuntimeError("killed")
+    with run.stage("b", config={"changed": 1}, inputs={}) as st:  # other inputs: start from scratch
+        assert not st.resumed and not (st.work_dir / "checkpoints").exists()
