@@ -266,6 +266,58 @@ class RewardStageConfig(TrainSettings):
 
 
 @dataclass
+class PPOStageConfig:
+    """PPO against the reward model (Ouyang et al. 2022), with the details of Huang et al. 2024.
+
+    Per step: ``rollout_batch_size`` prompts per process are answered by the policy and scored; then
+    ``ppo_epochs`` passes over minibatches of ``mini_batch_size`` (split into ``gradient_accumulation_steps``
+    micro-batches) update the policy and value model together.
+    """
+
+    learning_rate: float = 3e-6  # Huang et al. 2024 (TL;DR, 1B-6.9B)
+    steps: int = 100
+    rollout_batch_size: int = 64
+    mini_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    ppo_epochs: int = 4
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_coef: float = 0.05  # initial beta of the per-token KL penalty
+    adaptive_kl: bool = False  # Ziegler et al. 2019 controller: beta follows target_kl over kl_horizon
+    target_kl: float = 6.0
+    kl_horizon: int = 10_000
+    missing_eos_penalty: float | None = 1.0  # subtracted from the score of a response cut at max_new_tokens
+    normalize_reward: bool = True  # scores of the initial policy's answers get mean 0, std 1 (Ziegler et al.)
+    whiten_rewards: bool = False
+    whiten_advantages: bool = True
+    max_grad_norm: float = 1.0
+    adam_eps: float = 1e-5  # Huang et al. 2024: PyTorch's 1e-8 default differs from the TF original
+    value_init: Literal["reward", "policy"] = "reward"  # the value model starts from the reward model
+    max_new_tokens: int = 53
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_prompt_length: int = 512
+    save_steps: int = 10  # checkpoint (policy, value, optimiser, RNG, step) every N steps; 0 = never
+    logging_steps: int = 1
+    lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.ppo_epochs < 1:
+            raise ConfigError("steps and ppo_epochs must be >= 1")
+        if self.rollout_batch_size % self.mini_batch_size:
+            raise ConfigError("rollout_batch_size must be a multiple of mini_batch_size")
+        if self.mini_batch_size % self.gradient_accumulation_steps:
+            raise ConfigError("mini_batch_size must be a multiple of gradient_accumulation_steps")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ConfigError("gamma and lam must be in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0: PPO needs sampled responses")
+
+
+@dataclass
 class TinyWorldConfig:
     """The world the embedded default trains its own base model on (see align/tiny/world.py)."""
 
@@ -380,5 +432,8 @@ class RecipeConfig:
     sft_cai: SFTStageConfig = dataclasses.field(default_factory=SFTStageConfig)
     preferences: PreferencesConfig = dataclasses.field(default_factory=PreferencesConfig)
     reward: RewardStageConfig | None = None  # None skips the reward model
+    # The optimisation stage after the preferences: DPO on the pairs, or PPO against the reward model.
+    optimizer: Literal["dpo", "ppo"] = "dpo"
     dpo: DPOStageConfig = dataclasses.field(default_factory=DPOStageConfig)
+    ppo: PPOStageConfig = dataclasses.field(default_factory=PPOStageConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
