@@ -45,8 +45,8 @@ def test_unknown_key_lists_valid_keys_with_line(tmp_path):
 
 
 def test_unknown_top_level_section(tmp_path):
-    with pytest.raises(ConfigError, match=r"recipe.yaml:2: ppo: unknown key 'ppo'.*valid keys: .*critique_revise"):
-        load_config(RecipeConfig, write(tmp_path, "seed: 1\nppo: {}\n"))
+    with pytest.raises(ConfigError, match=r"recipe.yaml:2: ppx: unknown key 'ppx'.*valid keys: .*critique_revise"):
+        load_config(RecipeConfig, write(tmp_path, "seed: 1\nppx: {}\n"))
 
 
 def test_bad_value_names_field_file_and_line(tmp_path):
