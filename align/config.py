@@ -266,6 +266,72 @@ class RewardStageConfig(TrainSettings):
 
 
 @dataclass
+class OnlineRLSettings(TrainSettings):
+    """What GRPO and RLOO share: both sample a group of completions per prompt and score each with the reward model.
+
+    ``per_device_train_batch_size`` counts completions, not prompts: a step sees
+    ``per_device_train_batch_size * gradient_accumulation_steps / num_generations`` prompts per process.
+    ``max_length`` bounds prompt + completion: prompts longer than ``max_length - max_completion_length`` tokens
+    are dropped (and counted) before training, as the reward stage drops pairs that are too long.
+    """
+
+    learning_rate: float = 1e-6  # TRL's GRPOConfig and RLOOConfig default; DeepSeekMath (Shao et al. 2024) used 1e-6
+    num_generations: int = 8
+    max_completion_length: int = 256  # TRL defaults to 512; 256 matches SamplingSettings.max_new_tokens
+    temperature: float = 1.0  # TRL default: sample the policy's own distribution, which the loss assumes
+    top_p: float = 1.0
+    beta: float = 0.04  # KL coefficient against the frozen reference
+    epsilon: float = 0.2  # PPO clip range (Schulman et al. 2017), TRL default
+    num_iterations: int = 1  # optimisation passes per generated batch (mu in Shao et al. 2024); 1 = on-policy
+    mask_truncated_completions: bool = False  # DAPO (Yu et al. 2025) masks completions cut at the length limit
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_generations < 2:
+            raise ConfigError("num_generations must be >= 2: the baseline is computed from the other completions")
+        if (self.per_device_train_batch_size * self.gradient_accumulation_steps) % self.num_generations:
+            raise ConfigError(
+                "per_device_train_batch_size * gradient_accumulation_steps must be a multiple of num_generations "
+                "(a batch holds whole groups of completions)"
+            )
+        if self.max_completion_length < 1 or self.max_completion_length >= self.max_length:
+            raise ConfigError("max_completion_length must be >= 1 and < max_length (room is needed for the prompt)")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0: the completions of a group must differ")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p must be in (0, 1]")
+        if self.beta < 0 or self.epsilon <= 0 or self.num_iterations < 1:
+            raise ConfigError("beta must be >= 0, epsilon > 0 and num_iterations >= 1")
+
+
+@dataclass
+class GRPOStageConfig(OnlineRLSettings):
+    """GRPO (Shao et al. 2024, DeepSeekMath) through TRL's GRPOTrainer: group-relative advantages, no value model.
+
+    Each completion's advantage is its reward minus the mean of its group (``num_generations`` completions of
+    the same prompt), divided by the group's standard deviation.
+    """
+
+    num_generations: int = 8  # TRL default; the paper samples 64 per question
+    beta: float = 0.04  # Shao et al. 2024, section 4.2; TRL defaults to 0 (DAPO), but a learned RM needs the KL leash
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"  # TRL default: token-level normalisation
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # the paper's; "none" is Dr. GRPO (Liu et al. 2025)
+
+
+@dataclass
+class RLOOStageConfig(OnlineRLSettings):
+    """RLOO (Ahmadian et al. 2024, "Back to Basics") through TRL's RLOOTrainer: leave-one-out baseline.
+
+    Each completion's baseline is the mean reward of the other ``num_generations - 1`` completions of its prompt;
+    the KL penalty against the reference is folded into the reward, as in PPO-style RLHF.
+    """
+
+    num_generations: int = 2  # TRL default; Ahmadian et al. 2024 report k = 2 and k = 4
+    beta: float = 0.05  # TRL's RLOOConfig default
+    normalize_advantages: bool = False  # TRL default
+
+
+@dataclass
 class PPOStageConfig:
     """PPO against the reward model (Ouyang et al. 2022), with the details of Huang et al. 2024.
 
@@ -432,8 +498,10 @@ class RecipeConfig:
     sft_cai: SFTStageConfig = dataclasses.field(default_factory=SFTStageConfig)
     preferences: PreferencesConfig = dataclasses.field(default_factory=PreferencesConfig)
     reward: RewardStageConfig | None = None  # None skips the reward model
-    # The optimisation stage after the preferences: DPO on the pairs, or PPO against the reward model.
-    optimizer: Literal["dpo", "ppo"] = "dpo"
+    # The optimisation stage after the preferences: DPO on the pairs, or PPO, GRPO or RLOO against the reward model.
+    optimizer: Literal["dpo", "ppo", "grpo", "rloo"] = "dpo"
     dpo: DPOStageConfig = dataclasses.field(default_factory=DPOStageConfig)
     ppo: PPOStageConfig = dataclasses.field(default_factory=PPOStageConfig)
+    grpo: GRPOStageConfig = dataclasses.field(default_factory=GRPOStageConfig)
+    rloo: RLOOStageConfig = dataclasses.field(default_factory=RLOOStageConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)

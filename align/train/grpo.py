@@ -1,0 +1,300 @@
+"""GRPO and RLOO stages: thin typed wrappers over TRL's GRPOTrainer and RLOOTrainer, scored by our reward model.
+
+Both sample ``num_generations`` completions per prompt and use the other completions of the same prompt as the
+baseline, so neither needs a value model (unlike PPO). The reward is the reward model trained by the reward
+stage: TRL renders prompt + completion as one conversation with the reward tokenizer's chat template and reads
+the score at its last token, which is how our RewardTrainer-trained model saw each chosen/rejected conversation
+(tests/test_grpo.py checks that the rewards TRL computed equal the reward model's score of the conversation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import trl.trainer.grpo_trainer
+import trl.trainer.rloo_trainer
+from datasets import Dataset
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+from trl.data_utils import is_conversational
+
+from align.config import GRPOStageConfig, OnlineRLSettings, RLOOStageConfig
+from align.train.common import finish_tracking, peft_config, save_merged, trainer_kwargs
+from align.train.reward import load_reward_model
+
+
+def load_reward_function(
+    reward_model_path: str, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The reward model and its own tokenizer, as TRL takes them (``reward_funcs``, ``reward_processing_classes``).
+
+    The tokenizer is the reward model's, not the policy's: its chat template and pad id are the ones the reward
+    model was trained with, and the classifier reads the reward at the last non-pad token.
+    """
+    model = load_reward_model(reward_model_path, trust_remote_code, seed=None).eval()
+    tokenizer = AutoTokenizer.from_pretrained(reward_model_path, trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+def prompt_lengths(tokenizer: PreTrainedTokenizerBase, prompts: Dataset) -> list[int]:
+    """Token count of each prompt as the policy sees it: the chat template with the assistant header appended."""
+    return [
+        len(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        for p in prompts["prompt"]
+    ]
+
+
+def check_prompts(prompts: Dataset) -> None:
+    """Fail before building a trainer, naming the problem: TRL's own errors surface deep inside generation."""
+    if "prompt" not in prompts.column_names:
+        raise ValueError(f"prompts dataset needs a 'prompt' column; it has {prompts.column_names}")
+    if len(prompts) == 0:
+        raise ValueError("prompts dataset is empty")
+    if not is_conversational(prompts[0]):
+        raise ValueError(
+            "prompts must be conversations, e.g. {'prompt': [{'role': 'user', 'content': ...}]}, so that the policy "
+            "and the reward model both see them through their chat templates"
+        )
+
+
+def _online_args(cfg: OnlineRLSettings, output_dir: str, seed: int, report_to: str, run_name: str) -> dict[str, Any]:
+    """Keyword arguments shared by GRPOConfig and RLOOConfig.
+
+    ``max_length`` is ours, not TRL's (it has no prompt limit): it is applied by dropping long prompts instead.
+    """
+    kwargs = trainer_kwargs(cfg, output_dir, seed, report_to, run_name)
+    del kwargs["max_length"]
+    return dict(
+        **kwargs,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        num_iterations=cfg.num_iterations,
+        mask_truncated_completions=cfg.mask_truncated_completions,
+    )
+
+
+@contextlib.contextmanager
+def _reference_is_copy_of(module: Any, policy: PreTrainedModel) -> Iterator[None]:
+    """Make TRL's reference model a frozen copy of ``policy`` instead of a reload of ``policy``'s path.
+
+    TRL builds the reference with ``create_model_from_path(policy.config._name_or_path)``, which fails for a model
+    built in code and silently differs from the policy if it was changed after loading. As in the DPO stage, the
+    reference is the starting policy itself. Only that one call is redirected (a policy given as an instance is
+    never loaded by path), and only while the trainer is being built.
+    """
+    original = module.create_model_from_path
+    wanted = policy.config._name_or_path
+
+    def reference(model_id: str, *args: Any, **kwargs: Any) -> PreTrainedModel:
+        if model_id != wanted:
+            return original(model_id, *args, **kwargs)
+        return copy.deepcopy(policy).eval()
+
+    module.create_model_from_path = reference
+    try:
+        yield
+    finally:
+        module.create_model_from_path = original
+
+
+def _build(
+    kind: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Dataset,
+    reward_model_path: str,
+    cfg: OnlineRLSettings,
+    output_dir: str,
+    *,
+    seed: int,
+    report_to: str,
+    run_name: str,
+    trust_remote_code: bool,
+) -> tuple[GRPOTrainer | RLOOTrainer, int]:
+    check_prompts(prompts)
+    budget = cfg.max_length - cfg.max_completion_length
+    lengths = prompt_lengths(tokenizer, prompts)
+    keep = [i for i, n in enumerate(lengths) if n <= budget]
+    if not keep:
+        raise ValueError(
+            f"every prompt is longer than max_length - max_completion_length = {budget} tokens "
+            f"(shortest: {min(lengths)})"
+        )
+    dropped = len(prompts) - len(keep)
+    if dropped:
+        prompts = prompts.select(keep)
+    reward_model, reward_tokenizer = load_reward_function(reward_model_path, trust_remote_code)
+    common = _online_args(cfg, output_dir, seed, report_to, run_name)
+    if kind == "grpo":
+        assert isinstance(cfg, GRPOStageConfig)
+        args = GRPOConfig(**common, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards)
+        trainer_cls, module = GRPOTrainer, trl.trainer.grpo_trainer
+    else:
+        assert isinstance(cfg, RLOOStageConfig)
+        args = RLOOConfig(**common, normalize_advantages=cfg.normalize_advantages)
+        trainer_cls, module = RLOOTrainer, trl.trainer.rloo_trainer
+    with _reference_is_copy_of(module, model):
+        trainer = trainer_cls(
+            model=model,
+            reward_funcs=reward_model,
+            args=args,
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            reward_processing_classes=reward_tokenizer,
+            peft_config=peft_config(cfg.lora),
+        )
+    return trainer, dropped
+
+
+def build_grpo_trainer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Dataset,
+    reward_model_path: str,
+    cfg: GRPOStageConfig,
+    output_dir: str,
+    *,
+    seed: int,
+    report_to: str = "none",
+    run_name: str = "grpo",
+    trust_remote_code: bool = False,
+) -> tuple[GRPOTrainer, int]:
+    """The GRPOTrainer :func:`train_grpo` runs, and how many prompts were dropped as too long (for tests, tools)."""
+    trainer, dropped = _build(
+        "grpo",
+        model,
+        tokenizer,
+        prompts,
+        reward_model_path,
+        cfg,
+        output_dir,
+        seed=seed,
+        report_to=report_to,
+        run_name=run_name,
+        trust_remote_code=trust_remote_code,
+    )
+    assert isinstance(trainer, GRPOTrainer)
+    return trainer, dropped
+
+
+def build_rloo_trainer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Dataset,
+    reward_model_path: str,
+    cfg: RLOOStageConfig,
+    output_dir: str,
+    *,
+    seed: int,
+    report_to: str = "none",
+    run_name: str = "rloo",
+    trust_remote_code: bool = False,
+) -> tuple[RLOOTrainer, int]:
+    """The RLOOTrainer :func:`train_rloo` runs, and how many prompts were dropped as too long."""
+    trainer, dropped = _build(
+        "rloo",
+        model,
+        tokenizer,
+        prompts,
+        reward_model_path,
+        cfg,
+        output_dir,
+        seed=seed,
+        report_to=report_to,
+        run_name=run_name,
+        trust_remote_code=trust_remote_code,
+    )
+    assert isinstance(trainer, RLOOTrainer)
+    return trainer, dropped
+
+
+def run_online(trainer: GRPOTrainer | RLOOTrainer, tokenizer, output_dir: str, dropped: int, report_to: str) -> dict:
+    """Train, save the merged policy and ``log_history.json``, and summarise the reward curve.
+
+    ``reward_first``/``reward_last`` are the mean reward-model scores of the first and last logged steps: the
+    stage's reward gain, without a separate evaluation pass.
+    """
+    result = trainer.train()
+    if not math.isfinite(result.training_loss):
+        raise FloatingPointError(f"{type(trainer).__name__} training loss is {result.training_loss}")
+    rewards = [h["reward"] for h in trainer.state.log_history if h.get("reward") is not None]
+    save_merged(trainer, tokenizer, output_dir)
+    finish_tracking(report_to)
+    metrics: dict[str, float] = {
+        "train_loss": float(result.training_loss),
+        "steps": float(result.global_step),
+        "prompts_too_long": float(dropped),
+    }
+    if rewards:
+        metrics.update(reward_first=float(rewards[0]), reward_last=float(rewards[-1]))
+    return metrics
+
+
+def train_grpo(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Dataset,
+    reward_model_path: str,
+    cfg: GRPOStageConfig,
+    output_dir: str,
+    *,
+    seed: int,
+    report_to: str = "none",
+    run_name: str = "grpo",
+    trust_remote_code: bool = False,
+) -> dict[str, float]:
+    """Optimise the policy with GRPO against the reward model at ``reward_model_path``; save it to ``output_dir``.
+
+    ``prompts`` has a conversational ``prompt`` column. Returns train_loss, steps, prompts_too_long and, when a
+    step was logged, reward_first and reward_last (mean reward-model score of the first and last logged steps).
+    """
+    trainer, dropped = build_grpo_trainer(
+        model,
+        tokenizer,
+        prompts,
+        reward_model_path,
+        cfg,
+        output_dir,
+        seed=seed,
+        report_to=report_to,
+        run_name=run_name,
+        trust_remote_code=trust_remote_code,
+    )
+    return run_online(trainer, tokenizer, output_dir, dropped, report_to)
+
+
+def train_rloo(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Dataset,
+    reward_model_path: str,
+    cfg: RLOOStageConfig,
+    output_dir: str,
+    *,
+    seed: int,
+    report_to: str = "none",
+    run_name: str = "rloo",
+    trust_remote_code: bool = False,
+) -> dict[str, float]:
+    """Optimise the policy with RLOO against the reward model at ``reward_model_path``; same contract as GRPO's."""
+    trainer, dropped = build_rloo_trainer(
+        model,
+        tokenizer,
+        prompts,
+        reward_model_path,
+        cfg,
+        output_dir,
+        seed=seed,
+        report_to=report_to,
+        run_name=run_name,
+        trust_remote_code=trust_remote_code,
+    )
+    return run_online(trainer, tokenizer, output_dir, dropped, report_to)
