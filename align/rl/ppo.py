@@ -1,0 +1,574 @@
+"""PPO against a reward model, on accelerate + transformers + peft (Ouyang et al. 2022; Huang et al. 2024).
+
+One step:
+1. rollout: the policy answers ``rollout_batch_size`` prompts per process (sampled, seeded by step);
+2. score: the reward model reads each whole conversation (its own chat template, as in its training);
+   answers cut at ``max_new_tokens`` without EOS lose ``missing_eos_penalty``;
+3. shape: per-token reward = -beta * (log pi - log pi_ref), plus the score on the last token; GAE gives
+   advantages (whitened) and returns;
+4. update: ``ppo_epochs`` passes over shuffled minibatches, clipped policy and value losses, one optimiser
+   over the policy and the value model.
+
+Kill it at any point and run it again: it resumes from the newest complete checkpoint. Prompts are drawn
+and sampling is seeded by step number, so a resumed run takes the same path as an uninterrupted one.
+
+Speed comes from not paying for padding: each micro-batch is cut to its own longest prompt and answer, the
+policy's vocabulary projection runs on answer positions only, and nothing recomputes what a rollout knew.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from align.config import PPOStageConfig
+from align.rl.losses import (
+    KLController,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    kl_per_token,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    shaped_rewards,
+    value_loss,
+)
+
+CHECKPOINTS = "checkpoints"
+KEEP_CHECKPOINTS = 2
+Message = dict[str, str]
+# A reward in code instead of a model: (prompt conversations, answer texts) -> one score per answer.
+RewardFn = Callable[[list[list[Message]], list[str]], Sequence[float]]
+
+
+class PolicyAndValue(nn.Module):
+    """The policy and the value model as one module, so DDP/FSDP sync both in a single backward pass."""
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        head = getattr(value_model, "score", None)
+        if not isinstance(head, nn.Module):
+            raise TypeError(
+                f"value model {type(value_model).__name__} has no `score` head; load it with "
+                "AutoModelForSequenceClassification(num_labels=1), e.g. from the reward model"
+            )
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, response_length: int) -> tuple[Tensor, Tensor]:
+        """Logits that predict each response token, and the value of the state before it."""
+        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        start = input_ids.shape[1] - response_length - 1
+        logits = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            use_cache=False,
+            logits_to_keep=response_length + 1,  # the vocabulary projection only where it is needed
+        ).logits[:, :-1]
+        backbone = getattr(self.value_model, self.value_model.base_model_prefix)
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
+        ).last_hidden_state[:, start:-1]
+        values = self.value_model.score(hidden).squeeze(-1)
+        return logits, values
+
+
+def response_mask(responses: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
+    """1 on each response's tokens up to and including its first EOS; and whether it had an EOS at all."""
+    is_eos = responses == eos_id
+    has_eos = is_eos.any(1)
+    length = torch.where(has_eos, is_eos.int().argmax(1) + 1, responses.shape[1])
+    positions = torch.arange(responses.shape[1], device=responses.device)
+    return (positions[None, :] < length[:, None]).long(), has_eos
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
+    """log pi(token) under the sampling distribution (logits / temperature), as the rollout sampled it."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _trim(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Cut the columns that are padding for every row: left of the prompts, right of the responses."""
+    lead = int((batch["query_mask"].sum(0) == 0).sum())  # prompts are left-padded
+    width = max(int(batch["mask"].sum(1).max()), 1)
+    out = {k: v for k, v in batch.items()}
+    out["query"], out["query_mask"] = batch["query"][:, lead:], batch["query_mask"][:, lead:]
+    for key in ("response", "mask", "logprobs", "ref_logprobs", "values", "advantages", "returns"):
+        if key in batch:
+            out[key] = batch[key][:, :width]
+    return out
+
+
+class PPO:
+    """State and loop of one PPO run; :func:`train_ppo` is the entry point."""
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        tokenizer,
+        reward_model: nn.Module | RewardFn,
+        prompts: Sequence[Sequence[Message]],
+        cfg: PPOStageConfig,
+        output_dir: str | Path,
+        *,
+        seed: int,
+        reward_tokenizer=None,
+        value_model: nn.Module | None = None,
+        ref_model: nn.Module | None = None,
+        report_to: str = "none",
+    ) -> None:
+        from accelerate import Accelerator
+
+        self.cfg, self.seed, self.report_to = cfg, seed, report_to
+        self.output_dir = Path(output_dir)
+        self.accelerator = Accelerator()
+        self.device = self.accelerator.device
+        self.tokenizer = tokenizer
+        self.reward_tokenizer = reward_tokenizer or tokenizer
+        if tokenizer.chat_template is None:
+            raise ValueError("PPO: the policy's tokenizer has no chat template; prompts are conversations")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("PPO: the policy's tokenizer has no EOS token; answers could never end")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.conversations, self.queries, self.dropped = self._encode(prompts)
+        if not self.queries:
+            raise ValueError(f"PPO: no usable prompts ({self.dropped} longer than max_prompt_length dropped)")
+
+        from align.train.common import peft_config
+
+        lora = peft_config(cfg.lora)
+        if lora is not None:
+            from peft import get_peft_model
+
+            policy = get_peft_model(policy, lora)
+            ref_model = None  # the reference is the policy with its adapter switched off: no second copy
+        elif ref_model is None:
+            import copy
+
+            ref_model = copy.deepcopy(policy)
+        if value_model is None:
+            if not isinstance(reward_model, nn.Module):
+                raise ValueError("PPO: with a reward function instead of a reward model, pass a value_model")
+            import copy
+
+            value_model = copy.deepcopy(reward_model)  # Huang et al. 2024: the critic starts as the reward model
+        self.lora = lora is not None
+        for frozen in (ref_model, reward_model):
+            if isinstance(frozen, nn.Module):
+                frozen.eval().requires_grad_(False).to(self.device)
+        self.ref_model, self.reward_model = ref_model, reward_model
+        self.module = PolicyAndValue(policy, value_model).eval()  # eval: no dropout (Huang et al. 2024)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=0.0)
+        # Learning rate annealed linearly to 0 over the run (Huang et al. 2024).
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: 1 - s / cfg.steps)
+        self.kl_ctl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
+        self.reward_norm: tuple[float, float] | None = None
+        self.history: list[dict[str, float]] = []
+        self.step = 0
+        self.checkpoint_dir = self.output_dir / CHECKPOINTS
+        self._resume()
+        self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
+        self._perms: dict[int, list[int]] = {}
+
+    # ---- data ---------------------------------------------------------------------------------------
+
+    def _encode(self, prompts: Sequence[Sequence[Message]]) -> tuple[list[list[Message]], list[list[int]], int]:
+        """Token ids of each prompt with the generation prompt; those over ``max_prompt_length`` are dropped."""
+        conversations, queries, dropped = [], [], 0
+        for i, conversation in enumerate(prompts):
+            if not conversation or not any(m.get("content", "").strip() for m in conversation):
+                raise ValueError(f"PPO: prompt {i} is empty")
+            ids = self.tokenizer.apply_chat_template(
+                list(conversation), tokenize=True, add_generation_prompt=True, return_dict=True
+            )["input_ids"]
+            if len(ids) > self.cfg.max_prompt_length:
+                dropped += 1
+                continue
+            conversations.append(list(conversation))
+            queries.append(list(ids))
+        return conversations, queries, dropped
+
+    def _prompt_indices(self, step: int) -> list[int]:
+        """This process's prompts for ``step``: consecutive slices of per-epoch seeded permutations."""
+        n, b = len(self.queries), self.cfg.rollout_batch_size
+        start = (step * self.accelerator.num_processes + self.accelerator.process_index) * b
+        out = []
+        for pos in range(start, start + b):
+            epoch = pos // n
+            if epoch not in self._perms:
+                perm = list(range(n))
+                random.Random(f"{self.seed}-{epoch}").shuffle(perm)
+                self._perms[epoch] = perm
+            out.append(self._perms[epoch][pos % n])
+        return out
+
+    def _left_pad(self, seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.tensor([[self.pad_id] * (width - len(s)) + s for s in seqs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+        return ids, mask
+
+    # ---- rollout ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def rollout(self, step: int) -> dict[str, Tensor]:
+        cfg = self.cfg
+        indices = self._prompt_indices(step)
+        query, query_mask = self._left_pad([self.queries[i] for i in indices])
+        module = self.accelerator.unwrap_model(self.module)
+        torch.manual_seed(self.seed * 1_000_003 + step * 1_009 + self.accelerator.process_index)
+        out = module.policy.generate(
+            input_ids=query,
+            attention_mask=query_mask,
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=0,  # the full distribution: log-probs in the loss must be those the sample was drawn from
+            max_new_tokens=cfg.max_new_tokens,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+        )
+        responses = out[:, query.shape[1] :]
+        mask, has_eos = response_mask(responses, self.eos_id)
+        responses = torch.where(mask.bool(), responses, self.pad_id)
+        batch = {"query": query, "query_mask": query_mask, "response": responses, "mask": mask}
+        logprobs, ref_logprobs, values = [], [], []
+        for lo in range(0, len(query), cfg.mini_batch_size):
+            mb = _trim({k: v[lo : lo + cfg.mini_batch_size] for k, v in batch.items()})
+            ids, attn, width = self._sequence(mb)
+            logits, value = module(ids, attn, width)
+            logprobs.append(self._pad(token_logprobs(logits, mb["response"], cfg.temperature), responses.shape[1]))
+            values.append(self._pad(value.float(), responses.shape[1]))
+            ref_logprobs.append(self._pad(self._ref_logprobs(ids, attn, mb["response"], width), responses.shape[1]))
+        batch.update(
+            logprobs=torch.cat(logprobs),
+            ref_logprobs=torch.cat(ref_logprobs),
+            values=torch.cat(values),
+            scores=self.score([self.conversations[i] for i in indices], responses, mask),
+            has_eos=has_eos,
+        )
+        return batch
+
+    def _sequence(self, mb: dict[str, Tensor]) -> tuple[Tensor, Tensor, int]:
+        ids = torch.cat([mb["query"], mb["response"]], 1)
+        attn = torch.cat([mb["query_mask"], mb["mask"]], 1)
+        return ids, attn, mb["response"].shape[1]
+
+    @staticmethod
+    def _pad(x: Tensor, width: int) -> Tensor:
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+    def _ref_logprobs(self, ids: Tensor, attn: Tensor, response: Tensor, width: int) -> Tensor:
+        positions = (attn.cumsum(1) - 1).clamp(min=0)
+        kwargs = dict(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False)
+        if self.lora:
+            policy = self.accelerator.unwrap_model(self.module).policy
+            with policy.disable_adapter():
+                logits = policy(**kwargs, logits_to_keep=width + 1).logits[:, :-1]
+        else:
+            logits = self.ref_model(**kwargs, logits_to_keep=width + 1).logits[:, :-1]
+        return token_logprobs(logits, response, self.cfg.temperature)
+
+    @torch.no_grad()
+    def score(self, conversations: list[list[Message]], responses: Tensor, mask: Tensor) -> Tensor:
+        """Reward-model scores of whole conversations, rendered with the reward model's chat template.
+
+        Going through text costs little and scores exactly as the reward model was trained, whatever
+        tokenizer the policy has. Sequences are right-padded with the reward model's pad id, where its
+        classifier looks for the last token.
+        """
+        answers = [
+            self.tokenizer.decode(response[m.bool()], skip_special_tokens=True).strip()
+            for response, m in zip(responses, mask)
+        ]
+        if not isinstance(self.reward_model, nn.Module):
+            return torch.tensor([float(x) for x in self.reward_model(conversations, answers)], device=self.device)
+        pad = self.reward_model.config.get_text_config().pad_token_id
+        seqs = []
+        for conversation, answer in zip(conversations, answers):
+            messages = [*conversation, {"role": "assistant", "content": answer}]
+            rendered = self.reward_tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
+            seqs.append(rendered["input_ids"])
+        width = max(len(x) for x in seqs)
+        ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs], device=self.device)
+        attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs], device=self.device)
+        return self.reward_model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, 0].float()
+
+    # ---- advantages and update ------------------------------------------------------------------------
+
+    def advantages(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        cfg, mask = self.cfg, batch["mask"]
+        scores = batch["scores"]
+        if cfg.normalize_reward:
+            if self.reward_norm is None:  # the initial policy's scores set the scale (Ziegler et al. 2019)
+                every = self.accelerator.gather(scores)
+                std = float(every.std()) if every.numel() > 1 else 0.0
+                self.reward_norm = (float(every.mean()), std if std > 1e-6 else 1.0)
+            scores = (scores - self.reward_norm[0]) / self.reward_norm[1]
+        if cfg.missing_eos_penalty is not None:
+            scores = torch.where(batch["has_eos"], scores, scores - cfg.missing_eos_penalty)
+        kl, k3 = kl_per_token(batch["logprobs"], batch["ref_logprobs"], mask)
+        rewards = shaped_rewards(scores, kl, mask, self.kl_ctl.value)
+        if cfg.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae(rewards, batch["values"], mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        batch.update(advantages=advantages, returns=returns)
+        return {
+            "kl": float(kl.sum(1).mean()),
+            "kl_k3": float(k3.sum(1).mean()),
+            "score_shaped": float(scores.mean()),
+            "explained_variance": float(explained_variance(batch["values"], returns, mask)),
+        }
+
+    def update(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
+        cfg = self.cfg
+        n = len(batch["query"])
+        micro = cfg.mini_batch_size // cfg.gradient_accumulation_steps
+        stats: dict[str, list[float]] = defaultdict(list)
+        generator = torch.Generator().manual_seed(self.seed * 7_919 + step)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n, generator=generator)
+            for lo in range(0, n, cfg.mini_batch_size):
+                self.optimizer.zero_grad(set_to_none=True)
+                chunks = [order[i : i + micro] for i in range(lo, min(lo + cfg.mini_batch_size, n), micro)]
+                for k, idx in enumerate(chunks):
+                    mb = _trim({key: v[idx] for key, v in batch.items()})
+                    last = k == len(chunks) - 1
+                    sync = self.accelerator.no_sync(self.module) if not last else contextlib.nullcontext()
+                    with sync:
+                        loss, s = self._loss(mb, step)
+                        self.accelerator.backward(loss / len(chunks))
+                    for key, value in s.items():
+                        stats[key].append(value)
+                self.accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+        self.scheduler.step()
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def _loss(self, mb: dict[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+        cfg, mask = self.cfg, mb["mask"]
+        ids, attn, width = self._sequence(mb)
+        logits, values = self.module(ids, attn, width)
+        logprobs = token_logprobs(logits, mb["response"], cfg.temperature)
+        pg_loss, pg = policy_loss(logprobs, mb["logprobs"], mb["advantages"], mask, cfg.cliprange)
+        vf_loss, vf_clipfrac = value_loss(values.float(), mb["values"], mb["returns"], mask, cfg.cliprange_value)
+        loss = pg_loss + cfg.vf_coef * vf_loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"PPO step {step + 1}: the loss is {loss.item()} (policy {pg_loss.item()}, value "
+                f"{vf_loss.item()}); stopping. The last good checkpoint is kept in {self.checkpoint_dir}"
+            )
+        with torch.no_grad():
+            entropy = masked_mean(entropy_from_logits(logits.float() / cfg.temperature), mask)
+        return loss, {
+            "policy_loss": pg_loss.item(),
+            "value_loss": vf_loss.item(),
+            "clipfrac": pg["clipfrac"].item(),
+            "approx_kl": pg["approx_kl"].item(),
+            "value_clipfrac": vf_clipfrac.item(),
+            "entropy": entropy.item(),
+        }
+
+    # ---- the loop --------------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, float]:
+        bar = tqdm(
+            total=self.cfg.steps,
+            initial=self.step,
+            desc="ppo",
+            unit="step",
+            disable=not self.accelerator.is_main_process,
+        )
+        while self.step < self.cfg.steps:
+            row = self.train_step()
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.3f}")
+        bar.close()
+        self.save_final()
+        first = self.history[: max(1, min(5, len(self.history)))]
+        last = self.history[-max(1, min(5, len(self.history))) :]
+        return {
+            "steps": float(self.step),
+            "reward_start": sum(r["reward_mean"] for r in first) / len(first),
+            "reward_end": sum(r["reward_mean"] for r in last) / len(last),
+            "kl_end": sum(r["kl"] for r in last) / len(last),
+            "prompts_dropped_overlong": float(self.dropped),
+            "seconds_per_step": sum(r["seconds"] for r in self.history) / max(len(self.history), 1),
+        }
+
+    def train_step(self) -> dict[str, float]:
+        """Rollout, advantages, update; then log, and checkpoint every ``save_steps``."""
+        cfg, acc = self.cfg, self.accelerator
+        started = time.perf_counter()
+        batch = self.rollout(self.step)
+        rollout_seconds = time.perf_counter() - started
+        shaping = self.advantages(batch)
+        learning_rate = self.scheduler.get_last_lr()[0]
+        losses = self.update(batch, self.step)
+        seconds = time.perf_counter() - started
+        tokens = int(batch["mask"].sum()) * acc.num_processes
+        raw = acc.gather(batch["scores"])
+        row = {
+            "step": self.step + 1,
+            "reward_mean": float(raw.mean()),
+            "reward_std": float(raw.std()) if raw.numel() > 1 else 0.0,
+            **shaping,
+            "kl_coef": self.kl_ctl.value,
+            **losses,
+            "response_length": float(batch["mask"].sum(1).float().mean()),
+            "eos_fraction": float(batch["has_eos"].float().mean()),
+            "learning_rate": learning_rate,
+            "seconds": round(seconds, 4),
+            "rollout_seconds": round(rollout_seconds, 4),
+            "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+        }
+        self.kl_ctl.update(shaping["kl"], cfg.rollout_batch_size * acc.num_processes)
+        self.history.append(row)
+        self.step += 1
+        self._log(row)
+        if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.steps:
+            self.save_checkpoint()
+        return row
+
+    def _log(self, row: dict[str, float]) -> None:
+        if self.report_to == "wandb" and self.accelerator.is_main_process:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.log({f"ppo/{k}": v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+        if self.cfg.logging_steps and row["step"] % self.cfg.logging_steps == 0:
+            self.accelerator.print(
+                f"[align] ppo step {row['step']}: reward {row['reward_mean']:.3f} kl {row['kl']:.3f} "
+                f"clipfrac {row['clipfrac']:.3f} value_loss {row['value_loss']:.4f} "
+                f"{row['tokens_per_second']:.0f} tok/s"
+            )
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """Policy, value model, optimiser, scheduler, RNG and step, published by one atomic rename."""
+        from safetensors.torch import save_model
+
+        final = self.checkpoint_dir / f"step-{self.step:06d}"
+        tmp = self.checkpoint_dir / f".tmp-step-{self.step:06d}"
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_model(self.accelerator.unwrap_model(self.module), str(tmp / "model.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+            state = {
+                "step": self.step,
+                "kl_coef": self.kl_ctl.value,
+                "reward_norm": self.reward_norm,
+                "history": self.history,
+            }
+            (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+            if final.exists():  # an unusable checkpoint of the same step, from the attempt that died
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            older = sorted(p for p in self.checkpoint_dir.glob("step-*") if p != final)
+            for old in older[: max(0, len(older) - KEEP_CHECKPOINTS + 1)]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _resume(self) -> None:
+        """Load the newest checkpoint that loads completely; skip (with a warning) any that does not."""
+        from safetensors.torch import load_model
+
+        if self.accelerator.is_main_process:  # saves that never finished
+            for stale in self.checkpoint_dir.glob(".tmp-step-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        for path in sorted(self.checkpoint_dir.glob("step-*"), reverse=True):
+            try:
+                state = json.loads((path / "state.json").read_text())
+                load_model(self.module, str(path / "model.safetensors"), strict=True)
+                self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+                self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+                torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
+            except Exception as e:  # any unreadable part makes the checkpoint unusable
+                warnings.warn(f"PPO: skipping unusable checkpoint {path}: {type(e).__name__}: {e}", stacklevel=2)
+                continue
+            self.step = int(state["step"])
+            self.kl_ctl.value = float(state["kl_coef"])
+            self.reward_norm = tuple(state["reward_norm"]) if state["reward_norm"] else None
+            self.history = list(state["history"])
+            print(f"[align] ppo: resumed from {path} (step {self.step} of {self.cfg.steps})", flush=True)
+            return
+
+    def save_final(self) -> None:
+        """A plain model directory (LoRA merged) that later stages load with ``from_pretrained``."""
+        policy = self.accelerator.unwrap_model(self.module).policy
+        if self.lora:
+            policy = policy.merge_and_unload()
+        if self.accelerator.is_main_process:
+            policy.save_pretrained(self.output_dir, safe_serialization=True)
+            self.tokenizer.save_pretrained(self.output_dir)
+            (self.output_dir / "log_history.json").write_text(json.dumps(self.history, indent=1) + "\n")
+        self.accelerator.wait_for_everyone()
+
+
+def train_ppo(
+    policy: nn.Module,
+    tokenizer,
+    reward_model: nn.Module | RewardFn,
+    prompts: Sequence[Sequence[Message]],
+    cfg: PPOStageConfig,
+    output_dir: str,
+    *,
+    seed: int,
+    reward_tokenizer=None,
+    value_model: nn.Module | None = None,
+    ref_model: nn.Module | None = None,
+    report_to: str = "none",
+    run_name: str = "ppo",
+) -> dict[str, float]:
+    """Optimise ``policy`` against ``reward_model`` on conversational ``prompts``; save it to ``output_dir``.
+
+    ``reward_model`` is a sequence classifier (one logit) or a plain function of the prompts and answers.
+    ``ref_model`` defaults to a frozen copy of the starting policy (with LoRA: the policy with its adapter
+    off) and ``value_model`` to a copy of the reward model. Checkpoints go to ``output_dir/checkpoints``
+    and a re-run resumes from the newest one; per-step logs go to ``output_dir/log_history.json``.
+    """
+    del run_name  # the W&B run is the pipeline stage's; kept for symmetry with the TRL-backed stages
+    if not math.isfinite(cfg.learning_rate):
+        raise ValueError("PPO: learning_rate is not finite")
+    trainer = PPO(
+        policy,
+        tokenizer,
+        reward_model,
+        prompts,
+        cfg,
+        output_dir,
+        seed=seed,
+        reward_tokenizer=reward_tokenizer,
+        value_model=value_model,
+        ref_model=ref_model,
+        report_to=report_to,
+    )
+    return trainer.train()
+
+
+__all__ = ["PPO", "PolicyAndValue", "response_mask", "token_logprobs", "train_ppo"]
