@@ -10,9 +10,11 @@ What it sets up, once, under ``.bench/`` (gitignored):
 
 * ``.bench/trl-1.12/``: a throwaway virtual environment with TRL 1.12.0 (see ``TRL_ENV``; torch is the CPU
   build). The project itself does not depend on TRL 1.12, whose PPO moved to ``trl.experimental``.
-* ``.bench/fixture/``: the whole-chain smoke recipe (``recipes/configs/cai_smoke.yaml``): the policy is its
-  SL-CAI model (``sft_cai/``), the reward model its ``reward/``, the prompts the tiny world's training
-  requests that fit ``max_prompt_length`` (``prompts.json``).
+* ``.bench/<config>/``: the recipe run of ``--config`` (default ``recipes/configs/cai_tiny.yaml``, the demo's
+  0.9M-parameter model, about 5 minutes on 2 idle cores): the policy is its SL-CAI model (``sft_cai/``), the
+  reward model its ``reward/``, the prompts the tiny world's training requests that fit ``max_prompt_length``
+  (``prompts.json``). ``cai_smoke.yaml`` is quicker, but its reward model is too weak (chance accuracy, scores
+  within +-0.01) for the reward gain to mean anything; use it to check the machinery only.
 
 Each side runs in its own child process (align in this environment, TRL in the throwaway one), one after the
 other, with the same number of torch threads, so peak memory and step times are comparable.
@@ -38,6 +40,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,7 +56,7 @@ TRL_VENV = BENCH_DIR / "trl-1.12"
 TRL_ENV = ["trl==1.12.0", "transformers==5.23.0", "accelerate==1.15.0", "datasets==5.2.0", "tokenizers==0.23.3"]
 TORCH = "torch==2.13.0"
 
-# PPOStageConfig fields for the bench, sized for the smoke world's 0.1M-parameter model on CPU. Fields not named
+# PPOStageConfig fields for the bench, sized for the tiny world's 0.9M-parameter model on CPU. Fields not named
 # here keep PPOStageConfig's defaults.
 BENCH = {
     "learning_rate": 1e-4,  # the tiny model was trained at 1e-3; 3e-6 (a 1B model's) would not move it in 20 steps
@@ -61,7 +64,7 @@ BENCH = {
     "mini_batch_size": 32,  # one minibatch per rollout: see the module docstring
     "gradient_accumulation_steps": 1,
     "ppo_epochs": 4,
-    "max_new_tokens": 32,  # the smoke world's answers are 10-25 tokens
+    "max_new_tokens": 48,  # as the tiny recipe samples: every answer in the tiny world fits in about 30 tokens
     "temperature": 0.7,
     "top_p": 1.0,  # TRL 1.12 always samples with top_p=1
     "kl_coef": 0.05,
@@ -97,10 +100,10 @@ def ensure_trl_env(torch_index_url: str | None) -> Path:
 def ensure_fixture(fixture: Path, config: str, max_prompt_length: int) -> None:
     """Train the smoke recipe's models into ``fixture`` (once) and write the prompts both sides use."""
     if not all((fixture / stage / "model.safetensors").exists() for stage in ("sft_cai", "reward")):
-        print(f"[bench] training the fixture models with {config} into {fixture} (about a minute)", flush=True)
+        print(f"[bench] training the fixture models with {config} into {fixture}", flush=True)
         env = {**os.environ, "ALIGN_CACHE": os.environ.get("ALIGN_CACHE", str(BENCH_DIR / "cache"))}
         cmd = [sys.executable, str(ROOT / "recipes" / "cai.py"), "--config", config]
-        cmd += [f"--output_dir={fixture.parent}", f"--run_name={fixture.name}"]
+        cmd += [f"--output_dir={fixture.parent}", f"--run_name={fixture.name}", "--report_to=none"]
         subprocess.run(cmd, check=True, cwd=ROOT, env=env)
     from transformers import AutoTokenizer
 
@@ -177,7 +180,7 @@ def print_table(summaries: dict[str, dict]) -> None:
 
 
 def drive(args: argparse.Namespace, overrides: list[str]) -> None:
-    fixture = Path(args.fixture).resolve()
+    fixture = Path(args.fixture or BENCH_DIR / Path(args.config).stem).resolve()
     cfg = bench_config(overrides)
     ensure_fixture(fixture, args.config, cfg["max_prompt_length"])
     results = BENCH_DIR / "results"
@@ -190,6 +193,7 @@ def drive(args: argparse.Namespace, overrides: list[str]) -> None:
     summaries = {}
     for side in sides:
         out = results / side
+        shutil.rmtree(out, ignore_errors=True)  # align's PPO would resume from a previous run's checkpoints
         cmd = [str(pythons[side]), str(Path(__file__).resolve()), "--side", side, "--fixture", str(fixture)]
         cmd += ["--out", str(out), "--steps", str(args.steps), "--seed", str(args.seed)]
         cmd += ["--threads", str(args.threads), "--trl-scoring", args.trl_scoring]
@@ -221,6 +225,7 @@ def run_align(fixture: Path, cfg_dict: dict, out: Path, steps: int, seed: int) -
     policy = AutoModelForCausalLM.from_pretrained(fixture / "sft_cai")
     reward_model = AutoModelForSequenceClassification.from_pretrained(fixture / "reward", num_labels=1)
     reward_tokenizer = AutoTokenizer.from_pretrained(fixture / "reward")
+    reward_model.config.pad_token_id = reward_tokenizer.pad_token_id  # the classifier reads the last non-pad token
     train_ppo(policy, tokenizer, reward_model, prompts, cfg, str(out), seed=seed, reward_tokenizer=reward_tokenizer)
     history = json.loads((out / "log_history.json").read_text())
     logged = [h for h in history if "reward_mean" in h]
@@ -309,7 +314,7 @@ def run_trl(fixture: Path, cfg: dict, out: Path, steps: int, seed: int, scoring:
             response = [t for t in row[context_length:] if t != pad]
             if eos in response:
                 response = response[: response.index(eos)]
-            answer = tokenizer.decode(response, skip_special_tokens=True)
+            answer = tokenizer.decode(response, skip_special_tokens=True).strip()  # as align.rl.ppo.PPO.score
             conv = [*by_ids[query], {"role": "assistant", "content": answer}]
             seqs.append(tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"])
         width = max(len(s) for s in seqs)
@@ -403,8 +408,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["align", "trl"], help="run one side only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="torch threads")
-    parser.add_argument("--config", default=str(ROOT / "recipes" / "configs" / "cai_smoke.yaml"))
-    parser.add_argument("--fixture", default=str(BENCH_DIR / "fixture"))
+    parser.add_argument("--config", default=str(ROOT / "recipes" / "configs" / "cai_tiny.yaml"))
+    parser.add_argument("--fixture", help="the recipe run to use (default: .bench/<config name>)")
     parser.add_argument("--trl-scoring", choices=["chat", "native"], default="chat")
     parser.add_argument("--torch-index-url", help="where the throwaway env gets torch (e.g. the CPU wheel index)")
     parser.add_argument("--side", choices=["align", "trl"], help=argparse.SUPPRESS)  # child process
