@@ -148,3 +148,15 @@ def test_configs_check_group_sizes_and_load_from_the_recipe(tmp_path):
     with pytest.raises(ConfigError, match="r.yaml:2: grpo.scale_rewards"):
         path.write_text("grpo:\n  scale_rewards: sometimes\n")
         load_config(RecipeConfig, path)
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_checkpointing_and_sampling_follow_the_config(kind, reward_dir, tmp_path):
+    """TRL turns activation checkpointing on by default; the trainer must do what our config says."""
+    model, tok = policy()
+    cfg = fast(kind, temperature=0.7, top_p=0.9, beta=0.02, max_completion_length=12)
+    trainer, _ = TRAINERS[kind][2](model, tok, prompts(), reward_dir, cfg, str(tmp_path), seed=0)
+    args = trainer.args
+    assert args.gradient_checkpointing is False and not model.is_gradient_checkpointing
+    assert (args.temperature, args.top_p, args.beta, args.max_completion_length) == (0.7, 0.9, 0.02, 12)
+    assert args.num_generations == 2 and args.bf16 is False
