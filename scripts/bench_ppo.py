@@ -10,11 +10,14 @@ What it sets up, once, under ``.bench/`` (gitignored):
 
 * ``.bench/trl-1.12/``: a throwaway virtual environment with TRL 1.12.0 (see ``TRL_ENV``; torch is the CPU
   build). The project itself does not depend on TRL 1.12, whose PPO moved to ``trl.experimental``.
-* ``.bench/<config>/``: the recipe run of ``--config`` (default ``recipes/configs/cai_tiny.yaml``, the demo's
-  0.9M-parameter model, about 5 minutes on 2 idle cores): the policy is its SL-CAI model (``sft_cai/``), the
-  reward model its ``reward/``, the prompts the tiny world's training requests that fit ``max_prompt_length``
-  (``prompts.json``). ``cai_smoke.yaml`` is quicker, but its reward model is too weak (chance accuracy, scores
-  within +-0.01) for the reward gain to mean anything; use it to check the machinery only.
+* ``.bench/<config>/``: the recipe run of ``--config`` (default ``recipes/configs/cai_smoke.yaml``, about a
+  minute): the policy is its SL-CAI model (``sft_cai/``), the reward model its ``reward/``, the prompts the tiny
+  world's training requests that fit ``max_prompt_length`` (``prompts.json``). The smoke recipe's AI labels
+  are all near 0.5, which leaves its reward model flat (scores within +-0.01, nothing to climb), so the
+  fixture trains it on revision-over-original pairs instead (``RECIPE_OVERRIDES``): a reward with a real
+  spread (std ~2) that PPO can raise. ``--config recipes/configs/cai_tiny.yaml`` uses the demo's 0.9M-parameter
+  model and its calibrated reward model, but its base model takes 3 minutes on 2 idle cores (far longer on a
+  busy machine) and each PPO step costs more.
 
 Each side runs in its own child process (align in this environment, TRL in the throwaway one), one after the
 other, with the same number of torch threads, so peak memory and step times are comparable.
@@ -56,10 +59,13 @@ TRL_VENV = BENCH_DIR / "trl-1.12"
 TRL_ENV = ["trl==1.12.0", "transformers==5.23.0", "accelerate==1.15.0", "datasets==5.2.0", "tokenizers==0.23.3"]
 TORCH = "torch==2.13.0"
 
-# PPOStageConfig fields for the bench, sized for the tiny world's 0.9M-parameter model on CPU. Fields not named
+# Recipe overrides for the fixture, per config file name (see the module docstring).
+RECIPE_OVERRIDES = {"cai_smoke": ["--preferences.mode=revision_pairs", "--reward.num_train_epochs=20"]}
+
+# PPOStageConfig fields for the bench, sized for the tiny world's models on CPU. Fields not named
 # here keep PPOStageConfig's defaults.
 BENCH = {
-    "learning_rate": 1e-4,  # the tiny model was trained at 1e-3; 3e-6 (a 1B model's) would not move it in 20 steps
+    "learning_rate": 1e-4,  # tiny models train at 1e-3; 3e-6 (a 1B model's) would not move them in 20 steps
     "rollout_batch_size": 32,
     "mini_batch_size": 32,  # one minibatch per rollout: see the module docstring
     "gradient_accumulation_steps": 1,
@@ -104,6 +110,7 @@ def ensure_fixture(fixture: Path, config: str, max_prompt_length: int) -> None:
         env = {**os.environ, "ALIGN_CACHE": os.environ.get("ALIGN_CACHE", str(BENCH_DIR / "cache"))}
         cmd = [sys.executable, str(ROOT / "recipes" / "cai.py"), "--config", config]
         cmd += [f"--output_dir={fixture.parent}", f"--run_name={fixture.name}", "--report_to=none"]
+        cmd += RECIPE_OVERRIDES.get(Path(config).stem, [])
         subprocess.run(cmd, check=True, cwd=ROOT, env=env)
     from transformers import AutoTokenizer
 
@@ -408,7 +415,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["align", "trl"], help="run one side only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="torch threads")
-    parser.add_argument("--config", default=str(ROOT / "recipes" / "configs" / "cai_tiny.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "recipes" / "configs" / "cai_smoke.yaml"))
     parser.add_argument("--fixture", help="the recipe run to use (default: .bench/<config name>)")
     parser.add_argument("--trl-scoring", choices=["chat", "native"], default="chat")
     parser.add_argument("--torch-index-url", help="where the throwaway env gets torch (e.g. the CPU wheel index)")
