@@ -340,6 +340,10 @@ class PPOStageConfig:
     micro-batches) update the policy and value model together.
     """
 
+    prompts: str = "tiny"  # "tiny" (harmful and benign training requests), a local file or directory, or a hub id
+    prompt_column: str | None = None
+    split: str = "train"
+    num_prompts: int | None = None  # None = every prompt
     learning_rate: float = 3e-6  # Huang et al. 2024 (TL;DR, 1B-6.9B)
     steps: int = 100
     rollout_batch_size: int = 64

@@ -3,7 +3,7 @@
     accelerate launch recipes/cai.py --config recipes/configs/cai_tiny.yaml [--section.field=value ...]
     python recipes/cai.py --config recipes/configs/cai_tiny.yaml --force dpo
 
-sft -> critique_revise -> sft_cai -> preferences -> reward -> dpo -> eval. Each stage writes
+sft -> critique_revise -> sft_cai -> preferences -> reward -> dpo | ppo -> eval. Each stage writes
 runs/<name>/<stage>/ with a manifest; a stage already done with the same inputs is skipped, and
 --force STAGE redoes it and all that follows. Critique-and-revise reuses the samples of principles that
 did not change since the last run, so a constitution edit regenerates only what it invalidates.
@@ -25,7 +25,7 @@ from align.constitution import ConstitutionError, load_constitution
 from align.data import DataError, load_prompts, read_jsonl, write_jsonl_atomic
 from align.pipeline import Run, write_json_atomic
 
-STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "eval"]
+STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "ppo", "eval"]
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -55,18 +55,22 @@ def load_model(path: str, trust_remote_code: bool):
     return model, tokenizer
 
 
+def pick_prompts(section, split, rng: random.Random) -> list[str]:
+    """A stage's prompts: a seeded sample of the tiny world's training requests (harmful and benign), or
+    the first ``num_prompts`` of a local file / hub dataset."""
+    if section.prompts == "tiny":
+        pool = [r.text for r in split.train]
+        return rng.sample(pool, k=min(section.num_prompts or len(pool), len(pool)))
+    return load_prompts(section.prompts, split=section.split, column=section.prompt_column)[: section.num_prompts]
+
+
 def label_with_ai_feedback(cfg: RecipeConfig, constitution, sft, sft_cai, split) -> tuple[list, list, dict]:
     """RL-CAI labels: two responses per prompt, judged principle by principle by the feedback model."""
     from align.feedback.preferences import OptionScorer, ai_feedback_preferences
     from align.generation import TransformersBackend, load_backend
 
     pc = cfg.preferences
-    rng = random.Random(cfg.seed + 1)
-    if pc.prompts == "tiny":  # harmful and benign requests alike: the labels must reward help, too
-        pool = [r.text for r in split.train]
-        texts = rng.sample(pool, k=min(pc.num_prompts or len(pool), len(pool)))
-    else:
-        texts = load_prompts(pc.prompts, split=pc.split, column=pc.prompt_column)[: pc.num_prompts]
+    texts = pick_prompts(pc, split, random.Random(cfg.seed + 1))  # harmful and benign: labels must reward help
     sl_cai = TransformersBackend(
         *load_model(str(sft_cai.path), cfg.trust_remote_code), name=f"sl_cai@{sft_cai.output_id}"
     )
@@ -336,33 +340,64 @@ def main(argv: list[str] | None = None) -> dict:
                     run_name="reward",
                 )
 
-    # 6. DPO on the preference pairs, from the SL-CAI model.
-    with run.stage(
-        "dpo", config=to_dict(cfg.dpo), inputs={"model": sft_cai.output_id, "preferences": prefs.output_id}
-    ) as dpo:
-        if not dpo.done:
-            from datasets import Dataset
+    # 6. Optimisation, from the SL-CAI model: DPO on the preference pairs, or PPO against the reward model.
+    if cfg.optimizer == "dpo":
+        with run.stage(
+            "dpo", config=to_dict(cfg.dpo), inputs={"model": sft_cai.output_id, "preferences": prefs.output_id}
+        ) as tuned:
+            if not tuned.done:
+                from datasets import Dataset
 
-            from align.train.dpo import train_dpo
+                from align.train.dpo import train_dpo
 
-            model, tokenizer = load_model(str(sft_cai.path), cfg.trust_remote_code)
-            pairs = [
-                {k: r[k] for k in ("prompt", "chosen", "rejected")}
-                for r in read_jsonl(prefs.path / "preferences.jsonl")
-            ]
-            dpo.metrics = train_dpo(
-                model,
-                tokenizer,
-                Dataset.from_list(pairs),
-                cfg.dpo,
-                str(dpo.work_dir),
-                seed=cfg.seed,
-                report_to=cfg.report_to,
-                run_name="dpo",
-            )
+                model, tokenizer = load_model(str(sft_cai.path), cfg.trust_remote_code)
+                pairs = [
+                    {k: r[k] for k in ("prompt", "chosen", "rejected")}
+                    for r in read_jsonl(prefs.path / "preferences.jsonl")
+                ]
+                tuned.metrics = train_dpo(
+                    model,
+                    tokenizer,
+                    Dataset.from_list(pairs),
+                    cfg.dpo,
+                    str(tuned.work_dir),
+                    seed=cfg.seed,
+                    report_to=cfg.report_to,
+                    run_name="dpo",
+                )
+    else:
+        if rw is None:
+            raise ConfigError(f"{args.config}: optimizer: {cfg.optimizer} needs a reward model; add a reward: section")
+        with run.stage(
+            "ppo", config=to_dict(cfg.ppo), inputs={"model": sft_cai.output_id, "reward": rw.output_id}
+        ) as tuned:
+            if not tuned.done:
+                from transformers import AutoTokenizer
+
+                from align.feedback import prompts as templates
+                from align.rl import train_ppo
+                from align.train.reward import load_reward_model
+
+                policy, tokenizer = load_model(str(sft_cai.path), cfg.trust_remote_code)
+                reward_model = load_reward_model(str(rw.path), cfg.trust_remote_code, seed=cfg.seed)
+                reward_tokenizer = AutoTokenizer.from_pretrained(str(rw.path), trust_remote_code=cfg.trust_remote_code)
+                texts = pick_prompts(cfg.ppo, split, random.Random(cfg.seed + 2))
+                # Checkpoints go to work_dir/checkpoints, which the pipeline keeps when the stage dies:
+                # the same command resumes from the newest one.
+                tuned.metrics = train_ppo(
+                    policy,
+                    tokenizer,
+                    reward_model,
+                    [[templates.user(t)] for t in texts],
+                    cfg.ppo,
+                    str(tuned.work_dir),
+                    seed=cfg.seed,
+                    reward_tokenizer=reward_tokenizer,
+                    report_to=cfg.report_to,
+                )
 
     # 7. Evaluation on held-out requests: refusal of harmful ones, help on benign ones, before and after.
-    models = {"base": sft, "sft_cai": sft_cai, "dpo": dpo}
+    models = {"base": sft, "sft_cai": sft_cai, cfg.optimizer: tuned}
     inputs = {k: s.output_id for k, s in models.items()}
     inputs.update(preferences=prefs.output_id, reward=rw.output_id if rw else None)
     with run.stage("eval", config=to_dict(cfg.eval), inputs=inputs) as ev:

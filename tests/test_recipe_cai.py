@@ -154,6 +154,40 @@ def test_ai_labels_and_reward_model(smoke):
 FAKE_KEY = "fake-key-0123456789abcdef0123456789abcdef01234567"
 
 
+def test_ppo_killed_mid_run_resumes_from_its_checkpoint_and_finishes(smoke, tmp_path):
+    """--optimizer=ppo reuses every stage up to the reward model; SIGKILL it after a checkpoint, run it again."""
+    import shutil
+    import signal
+    import time
+
+    _, run_dir, _ = smoke
+    shutil.copytree(run_dir, tmp_path / "runs" / "cai-smoke")
+    args = ["--optimizer=ppo", "--ppo.steps=10", "--ppo.save_steps=2"]
+    env = {**os.environ, "ALIGN_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
+    command = [sys.executable, str(RECIPE), "--config", str(SMOKE), f"--output_dir={tmp_path / 'runs'}", *args]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "runs" / "cai-smoke" / "ppo.partial" / "checkpoints" / "step-000004"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "PPO finished (or failed) before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "runs" / "cai-smoke" / "ppo").exists()
+
+    again = run_recipe(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[align] reward: done with the same inputs, skipped" in again.stdout
+    assert "ppo: resumed from" in again.stdout and "(step 4 of 10)" in again.stdout
+    ppo_dir = tmp_path / "runs" / "cai-smoke" / "ppo"
+    history = json.loads((ppo_dir / "log_history.json").read_text())
+    assert [row["step"] for row in history] == list(range(1, 11))  # every step once: none lost or repeated
+    assert not (ppo_dir / "checkpoints").exists() and (ppo_dir / "model.safetensors").exists()
+    metrics = json.loads((tmp_path / "runs" / "cai-smoke" / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"base", "sft_cai", "ppo"}
+    assert "| ppo |" in again.stdout
+
+
 def test_wandb_offline_one_run_per_stage_with_lineage_tables_and_no_secrets(tmp_path, monkeypatch):
     from align.tracking import read_offline_run
 
