@@ -275,6 +275,10 @@ class OnlineRLSettings(TrainSettings):
     are dropped (and counted) before training, as the reward stage drops pairs that are too long.
     """
 
+    prompts: str = "tiny"  # "tiny" (harmful and benign training requests), a local file or directory, or a hub id
+    prompt_column: str | None = None
+    split: str = "train"
+    num_prompts: int | None = None  # None = every prompt
     learning_rate: float = 1e-6  # TRL's GRPOConfig and RLOOConfig default; DeepSeekMath (Shao et al. 2024) used 1e-6
     num_generations: int = 8
     max_completion_length: int = 256  # TRL defaults to 512; 256 matches SamplingSettings.max_new_tokens

@@ -30,7 +30,7 @@ from align.pipeline import MANIFEST
 
 __all__ = ["RunError", "compare_runs", "load_run", "plot_data", "redact", "write_report"]
 
-STAGE_ORDER = ("sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "ppo", "eval")
+STAGE_ORDER = ("sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "ppo", "grpo", "rloo", "eval")
 LOG_HISTORY = "log_history.json"
 CONSTITUTION_FILE = "constitution.json"
 PLOTS_DIR = "report"

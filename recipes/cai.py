@@ -3,7 +3,7 @@
     accelerate launch recipes/cai.py --config recipes/configs/cai_tiny.yaml [--section.field=value ...]
     python recipes/cai.py --config recipes/configs/cai_tiny.yaml --force dpo
 
-sft -> critique_revise -> sft_cai -> preferences -> reward -> dpo | ppo -> eval. Each stage writes
+sft -> critique_revise -> sft_cai -> preferences -> reward -> dpo | ppo | grpo | rloo -> eval. Each stage writes
 runs/<name>/<stage>/ with a manifest; a stage already done with the same inputs is skipped, and
 --force STAGE redoes it and all that follows. Critique-and-revise reuses the samples of principles that
 did not change since the last run, so a constitution edit regenerates only what it invalidates.
@@ -25,7 +25,7 @@ from align.constitution import ConstitutionError, load_constitution
 from align.data import DataError, load_prompts, read_jsonl, write_jsonl_atomic
 from align.pipeline import Run, write_json_atomic
 
-STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "ppo", "eval"]
+STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "ppo", "grpo", "rloo", "eval"]
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -365,36 +365,60 @@ def main(argv: list[str] | None = None) -> dict:
                     report_to=cfg.report_to,
                     run_name="dpo",
                 )
-    else:
+    else:  # online RL against the reward model: our PPO, or TRL's GRPO / RLOO
         if rw is None:
             raise ConfigError(f"{args.config}: optimizer: {cfg.optimizer} needs a reward model; add a reward: section")
+        section = getattr(cfg, cfg.optimizer)
         with run.stage(
-            "ppo", config=to_dict(cfg.ppo), inputs={"model": sft_cai.output_id, "reward": rw.output_id}
+            cfg.optimizer, config=to_dict(section), inputs={"model": sft_cai.output_id, "reward": rw.output_id}
         ) as tuned:
             if not tuned.done:
-                from transformers import AutoTokenizer
-
                 from align.feedback import prompts as templates
-                from align.rl import train_ppo
-                from align.train.reward import load_reward_model
 
                 policy, tokenizer = load_model(str(sft_cai.path), cfg.trust_remote_code)
-                reward_model = load_reward_model(str(rw.path), cfg.trust_remote_code, seed=cfg.seed)
-                reward_tokenizer = AutoTokenizer.from_pretrained(str(rw.path), trust_remote_code=cfg.trust_remote_code)
-                texts = pick_prompts(cfg.ppo, split, random.Random(cfg.seed + 2))
-                # Checkpoints go to work_dir/checkpoints, which the pipeline keeps when the stage dies:
-                # the same command resumes from the newest one.
-                tuned.metrics = train_ppo(
-                    policy,
-                    tokenizer,
-                    reward_model,
-                    [[templates.user(t)] for t in texts],
-                    cfg.ppo,
-                    str(tuned.work_dir),
-                    seed=cfg.seed,
-                    reward_tokenizer=reward_tokenizer,
-                    report_to=cfg.report_to,
-                )
+                texts = pick_prompts(section, split, random.Random(cfg.seed + 2))
+                conversations = [[templates.user(t)] for t in texts]
+                if cfg.optimizer == "ppo":
+                    from transformers import AutoTokenizer
+
+                    from align.rl import train_ppo
+                    from align.train.reward import load_reward_model
+
+                    reward_model = load_reward_model(str(rw.path), cfg.trust_remote_code, seed=cfg.seed)
+                    reward_tokenizer = AutoTokenizer.from_pretrained(
+                        str(rw.path), trust_remote_code=cfg.trust_remote_code
+                    )
+                    # Checkpoints go to work_dir/checkpoints, which the pipeline keeps when the stage dies:
+                    # the same command resumes from the newest one.
+                    tuned.metrics = train_ppo(
+                        policy,
+                        tokenizer,
+                        reward_model,
+                        conversations,
+                        cfg.ppo,
+                        str(tuned.work_dir),
+                        seed=cfg.seed,
+                        reward_tokenizer=reward_tokenizer,
+                        report_to=cfg.report_to,
+                    )
+                else:
+                    from datasets import Dataset
+
+                    from align.train.grpo import train_grpo, train_rloo
+
+                    train = train_grpo if cfg.optimizer == "grpo" else train_rloo
+                    tuned.metrics = train(
+                        policy,
+                        tokenizer,
+                        Dataset.from_list([{"prompt": c} for c in conversations]),
+                        str(rw.path),
+                        section,
+                        str(tuned.work_dir),
+                        seed=cfg.seed,
+                        report_to=cfg.report_to,
+                        run_name=cfg.optimizer,
+                        trust_remote_code=cfg.trust_remote_code,
+                    )
 
     # 7. Evaluation on held-out requests: refusal of harmful ones, help on benign ones, before and after.
     models = {"base": sft, "sft_cai": sft_cai, cfg.optimizer: tuned}
