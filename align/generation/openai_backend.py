@@ -139,7 +139,7 @@ class OpenAIBackend:
         start = time.perf_counter()
         client = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout, limits=limits)
         async with client:
-            await self._check_reachable(client)
+            await self._check_reachable()
 
             async def one(i: int) -> None:
                 async with semaphore:
@@ -179,10 +179,15 @@ class OpenAIBackend:
     def _path(self) -> str:
         return "/chat/completions" if self.settings.endpoint == "chat" else "/completions"
 
-    async def _check_reachable(self, client: httpx.AsyncClient) -> None:
-        """Fail at once, with what to do, when nothing listens at ``base_url`` (no retries: nothing would change)."""
+    async def _check_reachable(self) -> None:
+        """Fail at once, with what to do, when nothing listens at ``base_url`` (no retries: nothing would change).
+
+        A client of its own: some servers fail GET /models and drop the connection, which must not poison
+        the keep-alive pool of the real requests.
+        """
         try:
-            await client.get("/models", timeout=min(self.settings.timeout, 10.0))
+            async with httpx.AsyncClient(headers=self._headers, timeout=min(self.settings.timeout, 10.0)) as probe:
+                await probe.get(f"{self.base_url}/models")
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
             raise ServerError(
                 f"cannot reach an OpenAI-compatible server at {self.base_url} ({type(e).__name__}: {e}). "
@@ -192,10 +197,11 @@ class OpenAIBackend:
         except httpx.HTTPError:
             pass  # it answered something: reachable; real requests will report real problems
 
-    async def _served_models(self, client: httpx.AsyncClient) -> list[str]:
+    async def _served_models(self) -> list[str]:
         """Model names from GET /models, best effort (some servers fail this route), for error messages."""
         try:
-            r = await client.get("/models")
+            async with httpx.AsyncClient(headers=self._headers, timeout=min(self.settings.timeout, 10.0)) as probe:
+                r = await probe.get(f"{self.base_url}/models")
             return [str(m.get("id")) for m in r.json().get("data", [])] if r.status_code == 200 else []
         except (httpx.HTTPError, ValueError, AttributeError):
             return []
@@ -214,7 +220,7 @@ class OpenAIBackend:
                 if r.status_code == 200:
                     return self._parse(r)
                 if r.status_code not in RETRY_STATUS:
-                    await self._raise_for(client, r)
+                    await self._raise_for(r)
                 last = f"HTTP {r.status_code}: {_detail(r)}"
                 retry_after = r.headers.get("retry-after")
             if attempt + 1 < attempts:
@@ -226,10 +232,12 @@ class OpenAIBackend:
             "overloaded."
         )
 
-    async def _raise_for(self, client: httpx.AsyncClient, r: httpx.Response) -> None:
+    async def _raise_for(self, r: httpx.Response) -> None:
         detail = _detail(r)
-        if r.status_code in (400, 404, 422) and ("model" in detail.lower() or r.status_code == 404):
-            served = await self._served_models(client)
+        # vLLM answers 404 "model does not exist"; transformers serve 400 "pinned to X; requested Y"
+        named = "model" in detail.lower() or self.model in detail
+        if r.status_code in (400, 404, 422) and (named or r.status_code == 404):
+            served = await self._served_models()
             listing = f" The server lists: {', '.join(served)}." if served else ""
             raise ServerError(
                 f"{self.base_url} rejected model {self.model!r} (HTTP {r.status_code}: {detail}).{listing} "
