@@ -99,10 +99,11 @@ def generate_sharded(
     Greedy decoding gives exactly the one-process replies. The backend's counters become totals over all
     processes (seconds = the slowest process's wall time), so any process can report the stage's throughput.
     """
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    from align.distributed import process_state
+
+    state = process_state()
     if state.num_processes == 1:
         return backend.generate(conversations, sampling, seed, desc)
     bounds = shard_bounds(len(conversations), state.num_processes)

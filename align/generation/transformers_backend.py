@@ -101,7 +101,7 @@ def load_backend(
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtype)
     if on_gpu:
-        from accelerate import PartialState
+        from align.distributed import process_state
 
-        model = model.to(PartialState().device)
+        model = model.to(process_state().device)
     return TransformersBackend(model, tokenizer, name=name or str(path))
