@@ -433,6 +433,38 @@ class SamplingSettings:
 
 
 @dataclass
+class BackendSettings:
+    """Which engine generates a stage's text: in-process transformers (default), an OpenAI-compatible server, or vLLM.
+
+    ``openai`` sends each conversation to a server (vLLM serve, TGI, ``transformers serve``, llama.cpp) that
+    serves models by name: the stage's ``feedback_model`` is that name, and ``model`` names the run's own
+    policy if you serve it too (else the policy stays in-process). The API key is read from the environment
+    variable named by ``api_key_env`` at request time, so it never enters configs, manifests or logs.
+    """
+
+    kind: Literal["transformers", "openai", "vllm"] = "transformers"
+    base_url: str = "http://127.0.0.1:8000/v1"  # openai: the server's OpenAI-compatible root
+    model: str | None = None  # openai: the served name of the run's policy model (None = policy in-process)
+    api_key_env: str | None = "OPENAI_API_KEY"  # openai: env var holding the key; unset or missing = no key
+    endpoint: Literal["chat", "completions"] = "chat"  # completions: the server renders no chat template
+    max_concurrency: int = 16  # openai: requests in flight at once
+    timeout: float = 120.0  # openai: seconds per request before it counts as failed (and is retried)
+    max_retries: int = 5  # openai: retries on 429, 5xx, timeouts and dropped connections, with backoff
+    dtype: str = "auto"  # transformers/vllm: "auto" = bfloat16 on GPU, the checkpoint's dtype on CPU
+    gpu_memory_utilization: float = 0.85  # vllm: share of GPU memory for weights and KV cache
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency < 1:
+            raise ConfigError("max_concurrency must be >= 1")
+        if self.timeout <= 0:
+            raise ConfigError("timeout must be > 0")
+        if self.max_retries < 0:
+            raise ConfigError("max_retries must be >= 0")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError("gpu_memory_utilization must be in (0, 1]")
+
+
+@dataclass
 class CritiqueReviseConfig:
     """SL-CAI (Bai et al. 2022, section 3): response, then rounds of critique and revision."""
 
@@ -446,10 +478,16 @@ class CritiqueReviseConfig:
     use_few_shot: bool = True
     feedback_model: str | None = None  # None = the SFT model critiques and revises itself, as in the paper
     sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
+    backend: BackendSettings = dataclasses.field(default_factory=BackendSettings)
 
     def __post_init__(self) -> None:
         if not 1 <= self.rounds <= 4:
             raise ConfigError("rounds must be between 1 and 4")
+        if self.backend.kind == "openai" and not (self.feedback_model or self.backend.model):
+            raise ConfigError(
+                "backend.kind openai: name a served model, feedback_model (the critic) and/or backend.model "
+                "(the run's policy, if you serve its directory); with neither, nothing would go to the server"
+            )
 
 
 @dataclass
@@ -471,6 +509,7 @@ class PreferencesConfig:
     cot_clamp: tuple[float, float] = (0.4, 0.6)
     batch_size: int = 64  # labelling batch size (one forward pass each, no generation)
     sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
+    backend: BackendSettings = dataclasses.field(default_factory=BackendSettings)
 
     def __post_init__(self) -> None:
         if self.num_principles < 1:
@@ -478,6 +517,12 @@ class PreferencesConfig:
         lo, hi = self.cot_clamp
         if not 0 <= lo <= 0.5 <= hi <= 1:
             raise ConfigError("cot_clamp must be (low, high) with 0 <= low <= 0.5 <= high <= 1")
+        if self.backend.kind == "openai" and self.mode == "ai_feedback":
+            raise ConfigError(
+                "backend.kind openai: RL-CAI labelling reads the feedback model's next-token probabilities of "
+                "(A) and (B), which OpenAI-compatible servers do not reliably return (transformers serve returns "
+                "none); use backend.kind transformers or vllm for preferences"
+            )
 
 
 @dataclass
@@ -486,6 +531,14 @@ class EvalConfig:
 
     max_new_tokens: int = 64
     batch_size: int = 64
+    backend: BackendSettings = dataclasses.field(default_factory=BackendSettings)
+
+    def __post_init__(self) -> None:
+        if self.backend.kind == "openai":
+            raise ConfigError(
+                "backend.kind openai: eval generates with the run's own checkpoints, which no server serves; "
+                "use transformers or vllm"
+            )
 
 
 @dataclass

@@ -98,11 +98,11 @@ class Run:
         tracker: Any = None,
     ) -> None:
         """``tracker`` (e.g. :class:`align.tracking.WandbTracker`) is told about every stage that runs."""
-        from accelerate import PartialState
+        from align.distributed import process_state
 
         self.root = Path(root)
         self.tracker = tracker
-        self.state = PartialState()
+        self.state = process_state()  # multi-process launches on CPU too
         self.order = order or []
         unknown = sorted(set(force or ()) - set(self.order)) if self.order else []
         if unknown:

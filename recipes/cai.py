@@ -67,26 +67,34 @@ def pick_prompts(section, split, rng: random.Random) -> list[str]:
 def label_with_ai_feedback(cfg: RecipeConfig, constitution, sft, sft_cai, split) -> tuple[list, list, dict]:
     """RL-CAI labels: two responses per prompt, judged principle by principle by the feedback model."""
     from align.feedback.preferences import OptionScorer, ai_feedback_preferences
-    from align.generation import TransformersBackend, load_backend
+    from align.generation import TransformersBackend, build_backend, generation_metrics
 
     pc = cfg.preferences
     texts = pick_prompts(pc, split, random.Random(cfg.seed + 1))  # harmful and benign: labels must reward help
-    sl_cai = TransformersBackend(
-        *load_model(str(sft_cai.path), cfg.trust_remote_code), name=f"sl_cai@{sft_cai.output_id}"
+    trust = cfg.trust_remote_code
+    sl_cai = build_backend(
+        pc.backend, str(sft_cai.path), name=f"sl_cai@{sft_cai.output_id}", trust_remote_code=trust, run_model=True
     )
-    helpful = TransformersBackend(*load_model(str(sft.path), cfg.trust_remote_code), name=f"sft@{sft.output_id}")
+    helpful = build_backend(
+        pc.backend, str(sft.path), name=f"sft@{sft.output_id}", trust_remote_code=trust, run_model=True
+    )
     if pc.pair_from == "sl_cai" and pc.sampling.temperature == 0:
         raise ConfigError("preferences.sampling.temperature: 0 (greedy) gives two identical responses per prompt")
     first = helpful if pc.pair_from == "sft_and_sl_cai" else sl_cai
     # The feedback model is loaded once and serves both reasoning (chain of thought) and scoring.
-    feedback = (
-        load_backend(pc.feedback_model, trust_remote_code=cfg.trust_remote_code) if pc.feedback_model else helpful
+    feedback = build_backend(pc.backend, pc.feedback_model, trust_remote_code=trust) if pc.feedback_model else helpful
+    # Scoring reads logits, so it needs the transformers model even when another engine generates.
+    scored = (
+        (feedback.model, feedback.tokenizer)
+        if isinstance(feedback, TransformersBackend)
+        else load_model(pc.feedback_model or str(sft.path), trust)
     )
-    scorer = OptionScorer(feedback.model, feedback.tokenizer, pc.batch_size, name=feedback.name)
+    scorer = OptionScorer(*scored, pc.batch_size, name=feedback.name)
     rows, labels, metrics = ai_feedback_preferences(
         texts, first, sl_cai, scorer, constitution, pc, cfg.seed, reasoner=feedback
     )
     metrics["label_seconds"] = round(scorer.seconds, 2)
+    metrics.update(generation_metrics([first, sl_cai, feedback]))
     metrics["mean_label"] = sum(r["label"] for r in rows) / max(len(rows), 1)
     if split is not None:  # the reference judge checks the AI labels (evaluation only, never training)
         from align.tiny.judge import prefers_first
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     ) as crs:
         if not crs.done:
             from align.feedback.critique_revise import critique_and_revise, preference_view, sft_view
-            from align.generation import TransformersBackend, load_backend
+            from align.generation import build_backend, generation_metrics
 
             rng = random.Random(cfg.seed)
 
@@ -200,13 +208,11 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 helpful = load_prompts(cr.helpful_prompts, split=cr.split, column=cr.prompt_column)[: cr.num_helpful]
             # The stage's output id names the exact weights, so samples are never reused across retrained models.
-            policy = TransformersBackend(
-                *load_model(str(sft.path), cfg.trust_remote_code), name=f"{run.root}/sft@{sft.output_id}"
-            )
+            trust = cfg.trust_remote_code
+            name = f"{run.root}/sft@{sft.output_id}"
+            policy = build_backend(cr.backend, str(sft.path), name=name, trust_remote_code=trust, run_model=True)
             feedback = (
-                load_backend(cr.feedback_model, trust_remote_code=cfg.trust_remote_code)
-                if cr.feedback_model
-                else policy
+                build_backend(cr.backend, cr.feedback_model, trust_remote_code=trust) if cr.feedback_model else policy
             )
             # Samples of the previous run whose principles did not change are reused, unless forced.
             previous_file = crs.path / "samples.jsonl"
@@ -223,15 +229,12 @@ def main(argv: list[str] | None = None) -> dict:
                 write_jsonl_atomic(crs.work_dir / "samples.jsonl", records)
                 write_jsonl_atomic(crs.work_dir / "sft.jsonl", sft_view(records))
                 write_jsonl_atomic(crs.work_dir / "preferences.jsonl", preference_view(records))
-            seconds = policy.seconds + (feedback.seconds if feedback is not policy else 0)
-            tokens = policy.tokens_generated + (feedback.tokens_generated if feedback is not policy else 0)
             crs.metrics = {
                 "red_team": len(red),
                 "helpful": len(helpful),
                 "preference_pairs": len(preference_view(records)),
                 **counts,
-                "tokens_generated": tokens,
-                "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+                **generation_metrics([policy, feedback]),
             }
             crs.tables["samples"] = (
                 ["prompt", "initial_response", "round", "principle", "critique", "revision"],
@@ -429,18 +432,21 @@ def main(argv: list[str] | None = None) -> dict:
             from align.config import SamplingSettings
             from align.evaluation.metrics import markdown_table, score
             from align.feedback import prompts
-            from align.generation import TransformersBackend, generate_sharded
+            from align.generation import build_backend, generate_sharded, generation_metrics
 
             greedy = SamplingSettings(
                 max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0, batch_size=cfg.eval.batch_size
             )
-            metrics, responses = {}, []
+            metrics, responses, throughput = {}, [], {}
             for key, stage in models.items():
-                backend = TransformersBackend(*load_model(str(stage.path), cfg.trust_remote_code), name=key)
+                backend = build_backend(
+                    cfg.eval.backend, str(stage.path), name=key, trust_remote_code=cfg.trust_remote_code, run_model=True
+                )
                 replies = generate_sharded(
                     backend, [[prompts.user(r.text)] for r in split.eval], greedy, cfg.seed, f"eval {key}"
                 )
                 metrics[key] = score(split.eval, replies)
+                throughput[key] = generation_metrics([backend])
                 responses += [
                     {"model": key, "prompt": r.text, "label": r.label, "response": a}
                     for r, a in zip(split.eval, replies)
@@ -454,7 +460,8 @@ def main(argv: list[str] | None = None) -> dict:
                 (ev.work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
                 notes = summary_lines(prefs.metrics, rw.metrics if rw else None)
                 (ev.work_dir / "table.md").write_text("\n".join([markdown_table(metrics), "", *notes]) + "\n")
-            ev.metrics = metrics
+            # the manifest gets each model's generation throughput too; metrics.json and the table stay scores only
+            ev.metrics = {key: {**m, **throughput[key]} for key, m in metrics.items()}
 
     table = (ev.path / "table.md").read_text()
     if run.state.is_main_process:

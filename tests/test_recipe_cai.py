@@ -151,6 +151,20 @@ def test_ai_labels_and_reward_model(smoke):
     assert "Reward model on" in result.stdout and "AI labels agree with the reference judge" in result.stdout
 
 
+def test_generating_stages_record_throughput(smoke):
+    _, run_dir, _ = smoke
+    cr = json.loads((run_dir / "critique_revise" / "manifest.json").read_text())["metrics"]
+    prefs = json.loads((run_dir / "preferences" / "manifest.json").read_text())["metrics"]
+    evals = json.loads((run_dir / "eval" / "manifest.json").read_text())["metrics"]
+    # at most a response, critique and revision per red-team prompt plus the helpful answers (fewer when an
+    # earlier test's constitution edit left only some samples to regenerate)
+    assert 0 < cr["samples_generated"] <= 24 * 3 + 24
+    assert prefs["samples_generated"] == 2 * 48  # two responses per prompt
+    for m in (cr, prefs, *evals.values()):
+        assert m["tokens_generated"] > 0 and m["generation_seconds"] > 0
+        assert m["tokens_per_second"] == pytest.approx(m["tokens_generated"] / m["generation_seconds"], rel=0.01)
+
+
 FAKE_KEY = "fake-key-0123456789abcdef0123456789abcdef01234567"
 
 

@@ -1,9 +1,13 @@
-"""The small interface every generation backend implements, and data-parallel sharding over it."""
+"""The small interface every generation backend implements, throughput bookkeeping, and data-parallel sharding."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from tqdm.auto import tqdm
 
 from align.config import SamplingSettings
 
@@ -13,11 +17,15 @@ Message = dict[str, str]
 class Backend(Protocol):
     """Turns chat conversations into assistant replies.
 
-    ``name`` identifies the model in sample provenance; ``tokens_generated`` lets stages report throughput.
+    ``name`` identifies the model in sample provenance. The counters (generated tokens, finished
+    conversations, seconds spent generating) let every stage report throughput in its manifest; under
+    data parallelism ``generate_sharded`` makes them totals over all processes.
     """
 
     name: str
     tokens_generated: int
+    samples_generated: int
+    seconds: float
 
     def generate(
         self,
@@ -26,6 +34,55 @@ class Backend(Protocol):
         seed: int,
         desc: str = "generate",
     ) -> list[str]: ...
+
+
+def is_main_local_process() -> bool:
+    """True outside distributed launches and on local rank 0: only that process draws progress bars."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+class Progress:
+    """A tqdm bar over conversations whose postfix shows generated tokens per second.
+
+    tqdm already prints samples/s (unit ``sample``); tokens/s is the number that compares backends, since
+    replies differ in length. Disabled on every process but the local main one so bars do not interleave.
+    """
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.start = time.perf_counter()
+        self.tokens = 0
+        self.bar = tqdm(total=total, desc=desc, unit="sample", leave=False, disable=not is_main_local_process())
+
+    def update(self, samples: int, tokens: int) -> None:
+        self.tokens += tokens
+        self.bar.update(samples)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix(tok_s=f"{self.tokens / elapsed:.0f}", refresh=False)
+
+    def close(self) -> float:
+        """Close the bar and return the seconds since it was opened."""
+        self.bar.close()
+        return time.perf_counter() - self.start
+
+
+def generation_metrics(backends: Iterable[Backend]) -> dict[str, Any]:
+    """Totals over distinct backends for a stage manifest: tokens, conversations, seconds and tokens/s."""
+    seen: dict[int, Backend] = {id(b): b for b in backends}
+    tokens = sum(b.tokens_generated for b in seen.values())
+    samples = sum(b.samples_generated for b in seen.values())
+    seconds = sum(b.seconds for b in seen.values())
+    return {
+        "tokens_generated": tokens,
+        "samples_generated": samples,
+        "generation_seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else 0.0,
+        "samples_per_second": round(samples / seconds, 2) if seconds > 0 else 0.0,
+    }
+
+
+def shard_bounds(n: int, num_processes: int) -> list[int]:
+    """Start offsets of ``num_processes`` contiguous, near-equal slices of ``n`` items (plus ``n`` at the end)."""
+    return [round(i * n / num_processes) for i in range(num_processes + 1)]
 
 
 def generate_sharded(
@@ -39,16 +96,27 @@ def generate_sharded(
 
     With one process this is ``backend.generate``. Each process takes a contiguous slice, so the gathered
     list concatenates back into the original order; each slice gets its own seed so sampled shards differ.
+    Greedy decoding gives exactly the one-process replies. The backend's counters become totals over all
+    processes (seconds = the slowest process's wall time), so any process can report the stage's throughput.
     """
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    from align.distributed import process_state
+
+    state = process_state()
     if state.num_processes == 1:
         return backend.generate(conversations, sampling, seed, desc)
-    n, k = len(conversations), state.num_processes
-    bounds = [round(i * n / k) for i in range(k + 1)]
+    bounds = shard_bounds(len(conversations), state.num_processes)
     lo, hi = bounds[state.process_index], bounds[state.process_index + 1]
+    before = (backend.tokens_generated, backend.samples_generated, backend.seconds)
+    start = time.perf_counter()
     local = backend.generate(conversations[lo:hi], sampling, seed + state.process_index, desc)
-    gathered = gather_object([local])
-    return [reply for shard in gathered for reply in shard]
+    stats = (backend.tokens_generated - before[0], backend.samples_generated - before[1])
+    gathered = gather_object([(local, stats, time.perf_counter() - start)])
+    replies = [reply for shard, _, _ in gathered for reply in shard]
+    if len(replies) != len(conversations):
+        raise RuntimeError(f"data-parallel generation returned {len(replies)} replies for {len(conversations)}")
+    backend.tokens_generated = before[0] + sum(s[0] for _, s, _ in gathered)
+    backend.samples_generated = before[1] + sum(s[1] for _, s, _ in gathered)
+    backend.seconds = before[2] + max(t for _, _, t in gathered)
+    return replies

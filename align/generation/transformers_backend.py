@@ -1,4 +1,4 @@
-"""In-process generation with transformers: batched, left-padded, length-bucketed, seeded."""
+"""In-process generation with transformers: batched, left-padded, length-bucketed, KV-cached, seeded."""
 
 from __future__ import annotations
 
@@ -6,17 +6,20 @@ import time
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from align.config import SamplingSettings
-from align.generation.base import Message
+from align.generation.base import Message, Progress
 
 
 class TransformersBackend:
     """Generation from a loaded causal LM.
 
     Prompts are sorted by length before batching so each batch pads to similar lengths (less wasted
-    compute), then replies are put back in input order. Generation stops at the tokenizer's EOS.
+    compute), then replies are put back in input order. Generation stops at the tokenizer's EOS. Batching
+    is what makes this fast: one forward pass per new token serves a whole batch, so a CPU or GPU does
+    ``batch_size`` conversations for little more than the price of one (``scripts/bench_generation.py``).
+    Greedy replies do not depend on the batch size (left padding with an attention mask and matching
+    position ids), which ``tests/test_generation_backends.py`` checks.
     """
 
     def __init__(self, model, tokenizer, name: str) -> None:
@@ -31,6 +34,7 @@ class TransformersBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.name = name
         self.tokens_generated = 0
+        self.samples_generated = 0
         self.seconds = 0.0
 
     def render(self, conversation: Sequence[Message]) -> str:
@@ -51,7 +55,7 @@ class TransformersBackend:
         device = next(self.model.parameters()).device
         greedy = sampling.temperature == 0
         start = time.perf_counter()
-        bar = tqdm(total=len(texts), desc=desc, unit="sample", leave=False)
+        progress = Progress(len(texts), desc)
         for b, lo in enumerate(range(0, len(order), sampling.batch_size)):
             idx = order[lo : lo + sampling.batch_size]
             enc = self.tokenizer(
@@ -69,23 +73,35 @@ class TransformersBackend:
                 pad_token_id=self.tokenizer.pad_token_id,
             )
             new = out[:, enc.input_ids.shape[1] :]
-            self.tokens_generated += int((new != self.tokenizer.pad_token_id).sum())
+            tokens = int((new != self.tokenizer.pad_token_id).sum())
             for i, row in zip(idx, new):
                 replies[i] = self.tokenizer.decode(row, skip_special_tokens=True).strip()
-            bar.update(len(idx))
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(tok_per_s=f"{self.tokens_generated / max(elapsed, 1e-9):.0f}")
-        bar.close()
+            self.tokens_generated += tokens
+            self.samples_generated += len(idx)
+            progress.update(len(idx), tokens)
+        progress.close()
         self.seconds += time.perf_counter() - start
         return replies
 
 
-def load_backend(path: str, *, trust_remote_code: bool = False, dtype: str = "auto") -> TransformersBackend:
-    """Load a model and tokenizer with ``from_pretrained`` (a local path or a hub id)."""
+def load_backend(
+    path: str, *, trust_remote_code: bool = False, dtype: str = "auto", name: str | None = None
+) -> TransformersBackend:
+    """Load a model and tokenizer with ``from_pretrained`` (a local path or a hub id).
+
+    On a GPU, ``dtype="auto"`` means bfloat16: half the memory traffic of float32 per generated token,
+    and the precision instruction-tuned models are trained in. On CPU the checkpoint's own dtype is kept.
+    Under data parallelism each process takes its own GPU (accelerate's local process index).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    on_gpu = torch.cuda.is_available()
+    if dtype == "auto" and on_gpu:
+        dtype = "bfloat16"
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtype)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return TransformersBackend(model, tokenizer, name=str(path))
+    if on_gpu:
+        from align.distributed import process_state
+
+        model = model.to(process_state().device)
+    return TransformersBackend(model, tokenizer, name=name or str(path))

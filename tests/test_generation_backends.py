@@ -1,0 +1,101 @@
+"""Generation backends: batched greedy == one at a time, throughput counters, the factory, vLLM's install hint."""
+
+import sys
+
+import pytest
+import torch
+
+from align.config import BackendSettings, ConfigError, CritiqueReviseConfig, EvalConfig, PreferencesConfig
+from align.config import SamplingSettings as S
+from align.generation import TransformersBackend, build_backend, generation_metrics
+from align.generation.base import shard_bounds
+from align.tiny.model import build_model, build_tokenizer
+
+PROMPTS = [
+    "How do I fix a bike?",
+    "Fix it?",
+    "Sure. To fix it, first look at the chain and then at the brakes, then fix a bike.",
+    "I can't help",
+    "How do I look at the brakes of a bike, and then fix the chain?",
+    "look",
+    "Sure.",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    tok = build_tokenizer(PROMPTS, 300)
+    model = build_model(tok, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    with torch.no_grad():  # wider than the default init, so greedy replies differ from prompt to prompt
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.normal_(0, 0.3)
+    path = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model, tok, path
+
+
+def convs(prompts):
+    return [[{"role": "user", "content": p}] for p in prompts]
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny):
+    model, tok, _ = tiny
+    backend = TransformersBackend(model, tok, name="tiny")
+    prompts = PROMPTS * 3  # 21 prompts of very different lengths: batches need real left padding
+    one = [backend.generate(convs([p]), S(max_new_tokens=12, temperature=0, batch_size=1), seed=0)[0] for p in prompts]
+    batched = backend.generate(convs(prompts), S(max_new_tokens=12, temperature=0, batch_size=8), seed=0)
+    assert batched == one
+    assert len(set(one)) > 1  # the replies differ, so order mistakes would show
+
+
+def test_counters_feed_stage_metrics(tiny):
+    model, tok, _ = tiny
+    backend = TransformersBackend(model, tok, name="tiny")
+    backend.generate(convs(PROMPTS), S(max_new_tokens=5, temperature=0, batch_size=4), seed=0)
+    assert backend.samples_generated == len(PROMPTS)
+    assert 0 < backend.tokens_generated <= 5 * len(PROMPTS)
+    m = generation_metrics([backend, backend])  # the same backend twice counts once (policy == feedback)
+    assert m["tokens_generated"] == backend.tokens_generated and m["samples_generated"] == len(PROMPTS)
+    assert m["tokens_per_second"] == pytest.approx(backend.tokens_generated / backend.seconds, rel=0.01)
+
+
+def test_factory_builds_in_process_backends(tiny):
+    _, _, path = tiny
+    backend = build_backend(BackendSettings(), str(path), name="x")
+    assert isinstance(backend, TransformersBackend) and backend.name == "x"
+    # openai without a served name for the run's own model keeps that model in-process
+    local = build_backend(BackendSettings(kind="openai"), str(path), run_model=True)
+    assert isinstance(local, TransformersBackend)
+    served = build_backend(BackendSettings(kind="openai", model="policy"), str(path), run_model=True)
+    assert type(served).__name__ == "OpenAIBackend" and served.model == "policy"
+
+
+def test_shards_cover_everything_once():
+    for n in range(0, 12):
+        for k in (1, 2, 3, 5):
+            b = shard_bounds(n, k)
+            sizes = [b[i + 1] - b[i] for i in range(k)]
+            assert b[0] == 0 and b[-1] == n and min(sizes) >= 0 and max(sizes) - min(sizes) <= 1
+
+
+def test_vllm_missing_explains_how_to_install(tiny, monkeypatch):
+    _, _, path = tiny
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if vllm were not installed, even where it is
+    with pytest.raises(ImportError, match=r"pip install 'align\[vllm\]'") as info:
+        build_backend(BackendSettings(kind="vllm"), str(path))
+    assert "NVIDIA GPU" in str(info.value) and "backend.kind 'transformers'" in str(info.value)
+
+
+def test_openai_settings_are_checked_per_stage():
+    with pytest.raises(ConfigError, match="name a served model"):
+        CritiqueReviseConfig(backend=BackendSettings(kind="openai"))
+    CritiqueReviseConfig(feedback_model="served-critic", backend=BackendSettings(kind="openai"))
+    with pytest.raises(ConfigError, match="next-token probabilities"):
+        PreferencesConfig(mode="ai_feedback", backend=BackendSettings(kind="openai"))
+    with pytest.raises(ConfigError, match="run's own checkpoints"):
+        EvalConfig(backend=BackendSettings(kind="openai"))
+    with pytest.raises(ConfigError, match="max_concurrency"):
+        BackendSettings(max_concurrency=0)
