@@ -503,6 +503,12 @@ class PreferencesConfig:
     # "sft_and_sl_cai" draws one from each, which gives pairs that differ when SL-CAI always agrees with itself.
     pair_from: Literal["sl_cai", "sft_and_sl_cai"] = "sl_cai"
     feedback_model: str | None = None  # None = the helpful SFT model labels, as in the paper
+    # Helpfulness comparisons mixed into the pairs, as RL-CAI mixes human helpfulness labels with AI harmlessness
+    # labels (Bai et al. 2022, section 4.1): without them a reward model never sees a refusal of a benign
+    # request lose, and PPO learns to refuse everything. "tiny" = the tiny world's helpful answer over its
+    # refusal, for benign training requests; else a local file or hub dataset of prompt/chosen/rejected rows.
+    helpfulness: str | None = None
+    num_helpfulness: int | None = None  # None = every row (or every benign training request)
     num_principles: int = 4  # principles sampled per pair and ensembled (the paper ensembles over 16)
     both_orders: bool = True  # ask with (A)/(B) swapped too and average, cancelling position bias
     chain_of_thought: bool = False  # reason first, then read the answer; probabilities clamped to [0.4, 0.6]

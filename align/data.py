@@ -94,6 +94,39 @@ def load_records(source: str, *, split: str = "train") -> datasets.Dataset:
         raise DataError(f"{source}: cannot read as {builder}: {err.__cause__ or err}") from err
 
 
+def load_preference_pairs(source: str, *, split: str = "train", limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows of ``prompt``, ``chosen`` and ``rejected`` (strings or chat messages) as conversational pairs."""
+    ds = load_records(source, split=split)
+    missing = [c for c in ("prompt", "chosen", "rejected") if c not in ds.column_names]
+    if missing:
+        raise DataError(f"{source}: preference pairs need columns prompt, chosen, rejected; missing {missing}")
+    rows = []
+    for i, row in enumerate(ds.select(range(min(limit, len(ds)))) if limit is not None else ds, start=1):
+        try:
+            prompt = prompt_from_row(row, column="prompt")
+            chosen, rejected = (_reply(row[key], key) for key in ("chosen", "rejected"))
+        except DataError as err:
+            raise DataError(f"{source}: row {i}: {err}") from None
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": prompt}],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+        )
+    return rows
+
+
+def _reply(value: Any, field: str) -> str:
+    """The assistant's answer: a string, or the last assistant turn of a message list."""
+    if isinstance(value, list):
+        turns = [m for m in value if isinstance(m, dict) and m.get("role") == "assistant"]
+        if not turns:
+            raise DataError(f"{field}: no assistant message")
+        value = turns[-1].get("content")
+    return _stripped(value, field)
+
+
 def prompt_from_row(row: dict[str, Any], *, column: str | None = None) -> str:
     """Detect the row's format and return its first user turn, stripped.
 

@@ -64,6 +64,35 @@ def pick_prompts(section, split, rng: random.Random) -> list[str]:
     return load_prompts(section.prompts, split=section.split, column=section.prompt_column)[: section.num_prompts]
 
 
+def helpfulness_pairs(pc, split, rng: random.Random) -> list[dict]:
+    """Helpful answer over refusal, label 1: the helpfulness comparisons RL-CAI mixes into its preferences.
+
+    In the tiny world they come from the world itself (its helpful answer and its refusal for benign training
+    requests), the stand-in for human helpfulness labels; otherwise from a file or dataset of pairs.
+    """
+    from align.data import load_preference_pairs
+    from align.feedback import prompts as templates
+
+    if pc.helpfulness is None:
+        return []
+    if pc.helpfulness == "tiny":
+        from align.tiny.world import helpful_answer, refusal
+
+        pool = [r for r in split.train if not r.harmful]
+        requests = rng.sample(pool, k=min(pc.num_helpfulness or len(pool), len(pool)))
+        rows = [
+            {
+                "prompt": [templates.user(r.text)],
+                "chosen": [templates.assistant(helpful_answer(r.verb))],
+                "rejected": [templates.assistant(refusal(r.verb))],
+            }
+            for r in requests
+        ]
+    else:
+        rows = load_preference_pairs(pc.helpfulness, split=pc.split, limit=pc.num_helpfulness)
+    return [{**row, "label": 1.0, "principle_ids": [], "source": "helpfulness"} for row in rows]
+
+
 def label_with_ai_feedback(cfg: RecipeConfig, constitution, sft, sft_cai, split) -> tuple[list, list, dict]:
     """RL-CAI labels: two responses per prompt, judged principle by principle by the feedback model."""
     from align.feedback.preferences import OptionScorer, ai_feedback_preferences
@@ -292,6 +321,9 @@ def main(argv: list[str] | None = None) -> dict:
                 rows, labels, prefs.metrics = label_with_ai_feedback(cfg, constitution, sft, sft_cai, split)
                 if run.state.is_main_process:
                     write_jsonl_atomic(prefs.work_dir / "labels.jsonl", labels)
+            helpfulness = helpfulness_pairs(pc, split, random.Random(cfg.seed + 3))
+            rows = rows + helpfulness
+            prefs.metrics["helpfulness_pairs"] = len(helpfulness)
             if not rows:
                 raise DataError(f"preferences: no preference pairs to train on (mode {pc.mode})")
             if run.state.is_main_process:

@@ -368,3 +368,33 @@ def test_hub_ids_and_local_paths_are_told_apart(tmp_path):
     assert data._local_path(str(tmp_path)) == tmp_path
     with pytest.raises(DataError, match="does not exist"):
         data._local_path("./prompts")
+
+
+def test_preference_pairs_from_strings_and_messages(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [
+        {"prompt": "How do I bake bread?", "chosen": " Knead, proof, bake. ", "rejected": "I can't help."},
+        {
+            "prompt": [{"role": "user", "content": "Fold a shirt?"}],
+            "chosen": [{"role": "assistant", "content": "Sleeves in, then halve it."}],
+            "rejected": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "No."}],
+        },
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = data.load_preference_pairs(str(path))
+    assert pairs[0]["chosen"] == [{"role": "assistant", "content": "Knead, proof, bake."}]
+    assert pairs[1]["prompt"] == [{"role": "user", "content": "Fold a shirt?"}]
+    assert pairs[1]["rejected"] == [{"role": "assistant", "content": "No."}]
+    assert len(data.load_preference_pairs(str(path), limit=1)) == 1
+
+
+def test_preference_pairs_name_missing_columns_and_bad_rows(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "hi", "chosen": "hello"}) + "\n")
+    with pytest.raises(data.DataError, match=r"pairs.jsonl: .*missing \['rejected'\]"):
+        data.load_preference_pairs(str(path))
+    path.write_text(
+        json.dumps({"prompt": "hi", "chosen": "hello", "rejected": [{"role": "user", "content": "x"}]}) + "\n"
+    )
+    with pytest.raises(data.DataError, match=r"pairs.jsonl: row 1: rejected: no assistant message"):
+        data.load_preference_pairs(str(path))

@@ -135,7 +135,16 @@ def test_constitution_edit_regenerates_only_the_samples_of_the_edited_principle(
 def test_ai_labels_and_reward_model(smoke):
     _, run_dir, result = smoke
     labels = [json.loads(line) for line in (run_dir / "preferences" / "labels.jsonl").open()]
-    prefs = [json.loads(line) for line in (run_dir / "preferences" / "preferences.jsonl").open()]
+    rows = [json.loads(line) for line in (run_dir / "preferences" / "preferences.jsonl").open()]
+    # the smoke config mixes in 8 helpfulness pairs: the world's helpful answer over its refusal, label 1
+    helpfulness = [r for r in rows if r.get("source") == "helpfulness"]
+    assert len(helpfulness) == 8
+    from align.tiny.world import REFUSAL_MARKER
+
+    for r in helpfulness:
+        assert r["label"] == 1.0 and r["rejected"][0]["content"].startswith(REFUSAL_MARKER)
+        assert r["chosen"][0]["content"].startswith("Sure.")
+    prefs = [r for r in rows if r.get("source") != "helpfulness"]
     assert len(labels) == len(prefs) > 0
     for label, pref in zip(labels, prefs):
         assert len(label["principles"]) == 2 and 0 <= label["p_first_better"] <= 1
@@ -145,9 +154,10 @@ def test_ai_labels_and_reward_model(smoke):
         )
     metrics = json.loads((run_dir / "preferences" / "manifest.json").read_text())["metrics"]
     assert metrics["pairs"] == len(prefs) and metrics["pairs"] + metrics["identical_dropped"] == 48
+    assert metrics["helpfulness_pairs"] == 8
     assert 0 <= metrics["ai_judge_agreement"] <= 1
     reward = json.loads((run_dir / "reward" / "manifest.json").read_text())["metrics"]
-    assert reward["eval_pairs"] == round(0.25 * len(prefs))
+    assert reward["eval_pairs"] == round(0.25 * len(rows))
     assert "Reward model on" in result.stdout and "AI labels agree with the reference judge" in result.stdout
 
 
