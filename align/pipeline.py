@@ -31,6 +31,10 @@ RESUMABLE = ("shards", "checkpoints")  # what an interrupted attempt leaves for 
 INPUT_TAG = ".input_hash"
 
 
+class StopPipeline(Exception):
+    """Raised on entering a stage after ``until``: the run ends there, cleanly, with nothing of it started."""
+
+
 def stable_hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -57,9 +61,10 @@ def code_version() -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """Readers see the old file or the new one; a failed write (disk full) names ``path`` and leaves it alone."""
+    from align.data import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 @dataclass
@@ -96,8 +101,12 @@ class Run:
         force: set[str] | None = None,
         order: list[str] | None = None,
         tracker: Any = None,
+        until: str | None = None,
     ) -> None:
-        """``tracker`` (e.g. :class:`align.tracking.WandbTracker`) is told about every stage that runs."""
+        """``tracker`` (e.g. :class:`align.tracking.WandbTracker`) is told about every stage that runs.
+
+        ``until`` names the last stage to run: entering any later one raises :class:`StopPipeline`.
+        """
         from accelerate import PartialState
 
         self.root = Path(root)
@@ -107,6 +116,9 @@ class Run:
         unknown = sorted(set(force or ()) - set(self.order)) if self.order else []
         if unknown:
             raise ValueError(f"--force: unknown stage(s) {unknown}; stages are {self.order}")
+        if until is not None and until not in self.order:
+            raise ValueError(f"--until: unknown stage {until!r}; stages are {self.order}")
+        self.until = until
         # Forcing a stage forces everything after it.
         first = min((self.order.index(s) for s in force or ()), default=len(self.order))
         self.force = set(self.order[first:])
@@ -125,6 +137,8 @@ class Run:
     @contextmanager
     def stage(self, name: str, config: Any, inputs: dict[str, Any]) -> Iterator[Stage]:
         """Run the body only if the stage is not already done with these inputs; publish atomically."""
+        if self.until is not None and name in self.order and self.order.index(name) > self.order.index(self.until):
+            raise StopPipeline(f"stopped after {self.until} (--until)")
         input_hash = stable_hash({"config": config, "inputs": inputs})
         final, work = self.root / name, self.root / f"{name}.partial"
         old = self.manifest(name)
