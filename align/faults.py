@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 ENV = "ALIGN_FAULT_AFTER"
+LOG_ENV = "ALIGN_FAULT_LOG"  # a file that gets one line per fault point passed: how tests learn the points
 _counts: Counter[str] = Counter()
 
 
@@ -28,6 +29,10 @@ def stage_of(path: str | os.PathLike) -> str:
 
 def fault_point(stage: str) -> None:
     """Count one durable write of ``stage``; SIGKILL this process if ``ALIGN_FAULT_AFTER`` says so."""
+    log = os.environ.get(LOG_ENV)
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(stage + "\n")
     spec = os.environ.get(ENV)
     if not spec:
         return

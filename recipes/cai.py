@@ -24,7 +24,7 @@ from align.config import ConfigError, RecipeConfig, load_config, to_dict
 from align.constitution import ConstitutionError, load_constitution
 from align.data import DataError, WriteError, limit_prompt_length, load_prompts, read_jsonl, write_jsonl_atomic
 from align.pipeline import Run, StopPipeline, write_json_atomic
-from align.train.common import TrainingDiverged
+from align.train.errors import TrainingDiverged
 
 STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "eval"]
 

@@ -23,14 +23,11 @@ from transformers import TrainerCallback
 
 from align.config import LoraSettings, TrainSettings
 from align.faults import fault_point, stage_of
+from align.train.errors import TrainingDiverged
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = ".align_complete"  # written into checkpoint-N once the Trainer has finished saving it
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the message names the stage and step, and the last good checkpoint."""
 
 
 def trainer_kwargs(cfg: TrainSettings, output_dir: str, seed: int, report_to: str, run_name: str) -> dict[str, Any]:
@@ -266,17 +263,26 @@ def train_resumable(trainer, output_dir: str | Path) -> tuple[Any, dict[str, flo
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = {"train_loss": float(result.training_loss), "steps": float(result.global_step)}
     if checkpoint is not None:
-        metrics["resumed_from_step"] = float(int(_CHECKPOINT.match(checkpoint.name).group(1)))
-        metrics["train_loss"] = logged_mean_loss(trainer.state.log_history, metrics["train_loss"])
+        start = int(_CHECKPOINT.match(checkpoint.name).group(1))
+        metrics["resumed_from_step"] = float(start)
+        metrics["train_loss"] = resumed_mean_loss(
+            trainer.state.log_history, start, result.global_step, float(result.training_loss)
+        )
     return result, metrics
 
 
-def logged_mean_loss(log_history: list[dict], default: float) -> float:
-    """Mean training loss over all logged steps, each logged value weighted by the steps it averages."""
-    total, steps, last = 0.0, 0, 0
+def resumed_mean_loss(log_history: list[dict], start: int, end: int, session_mean: float) -> float:
+    """The mean loss of a run resumed at step ``start``, as if it had not been interrupted.
+
+    The Trainer's ``training_loss`` averages steps ``start+1..end`` only (this session). The steps before come
+    from the losses logged up to ``start`` (restored with the checkpoint), each weighted by the steps it
+    averages; exact when ``logging_steps`` divides ``save_steps``, else the mean of the steps that were logged.
+    """
+    total, covered, last = 0.0, 0, 0
     for entry in log_history:
-        if "loss" in entry and "step" in entry:
+        if "loss" in entry and "step" in entry and entry["step"] <= start:
             total += float(entry["loss"]) * (entry["step"] - last)
-            steps += entry["step"] - last
+            covered += entry["step"] - last
             last = entry["step"]
-    return total / steps if steps else default
+    session = end - start
+    return (total + session_mean * session) / max(covered + session, 1)
