@@ -92,6 +92,24 @@ class Stage:
         return self.path if self.done else self.work_dir
 
 
+def process_state():
+    """accelerate's process state, on CPU too.
+
+    ``accelerate launch --multi_gpu --num_processes N`` on a machine without any accelerator starts N
+    processes, but accelerate picks its CPU (gloo) backend only when told to use the CPU: without that, a
+    plain ``PartialState()`` - and every Trainer, whose TrainingArguments rebuild the state - treats each
+    process as a lone one, so every process does all the work and they race on the run directory.
+    ``ACCELERATE_USE_CPU`` is the switch both accelerate and transformers read, so it is set here.
+    """
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 class Run:
     """A pipeline run directory shared by every process of an accelerate launch."""
 
@@ -107,11 +125,9 @@ class Run:
 
         ``until`` names the last stage to run: entering any later one raises :class:`StopPipeline`.
         """
-        from accelerate import PartialState
-
         self.root = Path(root)
         self.tracker = tracker
-        self.state = PartialState()
+        self.state = process_state()
         self.order = order or []
         unknown = sorted(set(force or ()) - set(self.order)) if self.order else []
         if unknown:

@@ -163,18 +163,23 @@ def checkpoint_problem(path: str | Path) -> str | None:
         return f"trainer_state.json unreadable ({err})"
     if state.get("global_step") != int(match.group(1)):
         return f"trainer_state.json is at step {state.get('global_step')}, not {match.group(1)}"
+    # Plain and DDP checkpoints hold safetensors weights and torch-saved optimiser/scheduler/RNG files; FSDP and
+    # DeepSpeed write sharded directories instead (pytorch_model_fsdp_*, optimizer_*, global_step*), whose
+    # completeness rests on the marker.
+    sharded = [p for p in path.iterdir() if p.is_dir() and p.name.startswith(("pytorch_model_fsdp", "global_step"))]
     weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        return "no model weights (*.safetensors)"
-    for required in ("optimizer.pt", "scheduler.pt"):
-        if not (path / required).exists():
-            return f"{required} missing"
-    if not list(path.glob("rng_state*.pth")):
-        return "no RNG state (rng_state*.pth)"
+    if not weights and not sharded:
+        return "no model weights (*.safetensors or a sharded state)"
+    if not sharded:
+        for required in ("optimizer.pt", "scheduler.pt"):
+            if not (path / required).exists():
+                return f"{required} missing"
+        if not list(path.glob("rng_state*.pth")):
+            return "no RNG state (rng_state*.pth)"
     for file in weights:
         if problem := _safetensors_problem(file):
             return problem
-    for file in [path / "optimizer.pt", path / "scheduler.pt", *sorted(path.glob("rng_state*.pth"))]:
+    for file in sorted([*path.glob("*.pt"), *path.glob("rng_state*.pth")]):
         if problem := _torch_file_problem(file):
             return problem
     return None
