@@ -158,7 +158,15 @@ class Run:
         input_hash = stable_hash({"config": config, "inputs": inputs})
         final, work = self.root / name, self.root / f"{name}.partial"
         old = self.manifest(name)
-        if name not in self.force and old.get("status") == "done" and old.get("input_hash") == input_hash:
+        damaged = _changed_files(final, old.get("files")) if old.get("status") == "done" else []
+        if damaged:
+            print(f"[align] {name}: published files missing or changed ({', '.join(damaged[:3])}), redoing", flush=True)
+        if (
+            name not in self.force
+            and old.get("status") == "done"
+            and old.get("input_hash") == input_hash
+            and not damaged
+        ):
             print(f"[align] {name}: done with the same inputs, skipped ({final})", flush=True)
             yield Stage(name, final, work, True, input_hash, manifest=old, metrics=old.get("metrics", {}))
             return
@@ -180,6 +188,25 @@ class Run:
                 if self.state.is_main_process:
                     _keep_only_resumable(work)
                 raise
+            self.state.wait_for_everyone()  # every process has written its part
+            problems = _verify_outputs(work) if self.state.is_main_process else []
+            if self.state.num_processes > 1:
+                from accelerate.utils import broadcast_object_list
+
+                box = [problems]
+                broadcast_object_list(box, from_process=0)
+                problems = box[0]
+            if problems:  # not published: the stage failed, its shards/checkpoints stay, and a re-run redoes it
+                if self.state.is_main_process:
+                    _keep_only_resumable(work)
+                raise RuntimeError(f"{name}: outputs failed verification, not published: {'; '.join(problems)}")
+            if self.state.is_main_process:
+                for sub in (*RESUMABLE, INPUT_TAG):  # resume state is not part of the published output
+                    target = work / sub
+                    if target.is_dir():
+                        shutil.rmtree(target)
+                    elif target.exists():
+                        target.unlink()
             manifest = {
                 "stage": name,
                 "status": "done",
@@ -194,12 +221,7 @@ class Run:
             }
             self.state.wait_for_everyone()
             if self.state.is_main_process:
-                for sub in (*RESUMABLE, INPUT_TAG):  # resume state is not part of the published output
-                    target = work / sub
-                    if target.is_dir():
-                        shutil.rmtree(target)
-                    elif target.exists():
-                        target.unlink()
+                manifest["files"] = _file_sizes(work)  # what "done" means: a re-run checks they are still there
                 write_json_atomic(work / MANIFEST, manifest)
                 if final.exists():
                     shutil.rmtree(final)
@@ -209,6 +231,39 @@ class Run:
             if tracked is not None:
                 tracked.published(stage)
         print(f"[align] {name}: done in {manifest['seconds']:.0f}s", flush=True)
+
+
+def _file_sizes(directory: Path) -> dict[str, int]:
+    return {
+        p.relative_to(directory).as_posix(): p.stat().st_size
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def _changed_files(directory: Path, recorded: dict[str, int] | None) -> list[str]:
+    """Published files that are gone or have another size than when the stage finished (none recorded: none)."""
+    changed = []
+    for rel, size in (recorded or {}).items():
+        try:
+            if (directory / rel).stat().st_size != size:
+                changed.append(rel)
+        except OSError:
+            changed.append(rel)
+    return changed
+
+
+def _verify_outputs(work: Path) -> list[str]:
+    """Every output file the stage wrote is whole (JSON parses, safetensors has all its bytes), and there is one."""
+    from align.integrity import file_problem
+
+    skip = (*RESUMABLE, INPUT_TAG)  # resume state is checked by its own readers
+    files = [p for p in sorted(work.rglob("*")) if p.is_file() and p.relative_to(work).parts[0] not in skip]
+    problems = [problem for p in files if (problem := file_problem(p))]
+    stray = [p.name for p in files if p.name.endswith(".tmp")]
+    if stray:
+        problems.append(f"temporary files left behind: {stray}")
+    return problems
 
 
 def _same_inputs(work: Path, input_hash: str) -> bool:

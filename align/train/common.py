@@ -14,7 +14,6 @@ import json
 import math
 import re
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from transformers import TrainerCallback
 
 from align.config import LoraSettings, TrainSettings
 from align.faults import fault_point, stage_of
+from align.integrity import safetensors_problem, torch_file_problem
 from align.train.errors import TrainingDiverged
 
 CHECKPOINTS = "checkpoints"
@@ -121,30 +121,6 @@ def finish_tracking(report_to: str) -> None:
 # Crash-safe training
 
 
-def _safetensors_problem(path: Path) -> str | None:
-    """A safetensors file is whole iff its size is 8 + header + the end of the last tensor the header names."""
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        return f"{path.name} unreadable ({err})"
-    size = path.stat().st_size
-    return None if size == 8 + n + end else f"{path.name} is truncated ({size} of {8 + n + end} bytes)"
-
-
-def _torch_file_problem(path: Path) -> str | None:
-    """torch.save writes a zip whose directory is at the end: a truncated file has none."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            if not z.namelist():
-                return f"{path.name} is empty"
-    except (OSError, zipfile.BadZipFile) as err:
-        return f"{path.name} unreadable ({err})"
-    return None
-
-
 def checkpoint_problem(path: str | Path) -> str | None:
     """Why ``checkpoint-N`` cannot be resumed from, or None if it is complete.
 
@@ -177,10 +153,10 @@ def checkpoint_problem(path: str | Path) -> str | None:
         if not list(path.glob("rng_state*.pth")):
             return "no RNG state (rng_state*.pth)"
     for file in weights:
-        if problem := _safetensors_problem(file):
+        if problem := safetensors_problem(file):
             return problem
     for file in sorted([*path.glob("*.pt"), *path.glob("rng_state*.pth")]):
-        if problem := _torch_file_problem(file):
+        if problem := torch_file_problem(file):
             return problem
     return None
 
