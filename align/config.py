@@ -222,11 +222,19 @@ class TrainSettings:
     weight_decay: float = 0.0
     logging_steps: int = 10
     gradient_checkpointing: bool = False
+    # Crash safety: a checkpoint (model, optimiser, scheduler, RNG, data position) every save_steps optimiser
+    # steps, in the stage's checkpoints/; a re-run resumes from the newest valid one. 0 = no checkpoints.
+    save_steps: int = 500
+    save_total_limit: int = 2  # older checkpoints are deleted; 2 so a kill mid-save still leaves a whole one
     lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
             raise ConfigError("learning_rate must be > 0")
+        if self.save_steps < 0:
+            raise ConfigError("save_steps must be >= 0 (0 = no checkpoints)")
+        if self.save_total_limit < 1:
+            raise ConfigError("save_total_limit must be >= 1")
         if self.per_device_train_batch_size < 1:
             raise ConfigError("per_device_train_batch_size must be >= 1")
         if not 0 <= self.warmup_ratio < 1:
@@ -465,6 +473,18 @@ class BackendSettings:
 
 
 @dataclass
+class PromptLimits:
+    """What to do with prompts longer than the model should see; how many were affected goes in the metrics."""
+
+    max_prompt_tokens: int | None = None  # None = no limit; counted in the policy's tokenizer
+    overlong: Literal["truncate", "drop"] = "drop"
+
+    def __post_init__(self) -> None:
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ConfigError("max_prompt_tokens must be >= 1 (or null for no limit)")
+
+
+@dataclass
 class CritiqueReviseConfig:
     """SL-CAI (Bai et al. 2022, section 3): response, then rounds of critique and revision."""
 
@@ -479,8 +499,14 @@ class CritiqueReviseConfig:
     feedback_model: str | None = None  # None = the SFT model critiques and revises itself, as in the paper
     sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
     backend: BackendSettings = dataclasses.field(default_factory=BackendSettings)
+    prompt_limits: PromptLimits = dataclasses.field(default_factory=PromptLimits)
+    # Prompts are generated in shards written atomically: a killed run keeps finished shards, and each shard
+    # has its own seed, so results do not depend on interruptions or process count (only on shard_size).
+    shard_size: int = 256
 
     def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise ConfigError("shard_size must be >= 1")
         if not 1 <= self.rounds <= 4:
             raise ConfigError("rounds must be between 1 and 4")
         if self.backend.kind == "openai" and not (self.feedback_model or self.backend.model):
@@ -516,8 +542,12 @@ class PreferencesConfig:
     batch_size: int = 64  # labelling batch size (one forward pass each, no generation)
     sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
     backend: BackendSettings = dataclasses.field(default_factory=BackendSettings)
+    prompt_limits: PromptLimits = dataclasses.field(default_factory=PromptLimits)
+    shard_size: int = 256  # prompts per crash-safe shard (see critique_revise.shard_size)
 
     def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise ConfigError("shard_size must be >= 1")
         if self.num_principles < 1:
             raise ConfigError("num_principles must be >= 1")
         lo, hi = self.cot_clamp
@@ -538,8 +568,11 @@ class EvalConfig:
     max_new_tokens: int = 64
     batch_size: int = 64
     backend: BackendSettings = dataclasses.field(default_factory=BackendSettings)
+    shard_size: int = 256  # prompts per crash-safe shard (see critique_revise.shard_size)
 
     def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise ConfigError("shard_size must be >= 1")
         if self.backend.kind == "openai":
             raise ConfigError(
                 "backend.kind openai: eval generates with the run's own checkpoints, which no server serves; "

@@ -8,12 +8,14 @@ row is found before hours of generation run on it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,10 @@ _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 class DataError(ValueError):
     """Bad input data; the message names the file or dataset, the row and the field to fix."""
+
+
+class WriteError(OSError):
+    """An output file could not be written (disk full, permissions); names the file, which was left untouched."""
 
 
 def load_prompts(
@@ -198,13 +204,12 @@ def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     """Write `rows` as JSON lines so that readers see the old file or the whole new one, never half.
 
     The rows go to a temp file next to `path` (same filesystem, so the rename is atomic), which is
-    fsynced and renamed over `path`. If writing fails, the temp file is removed and `path` is untouched.
+    fsynced and renamed over `path`. If writing fails, the temp file is removed, `path` is untouched and a
+    :class:`WriteError` names `path` (a bare ENOSPC from deep inside a stage names no file).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     count = 0
-    try:
+    with _write_errors_named(path) as tmp:
         # os.open with 0o666 honours the umask, unlike mkstemp's 0o600.
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as f:
             for row in rows:
@@ -213,10 +218,35 @@ def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> int:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    return count
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file (a manifest, a table) atomically, like :func:`write_jsonl_atomic`."""
+    path = Path(path)
+    with _write_errors_named(path) as tmp:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _write_errors_named(path: Path) -> Iterator[Path]:
+    """Yield a temp path next to ``path``; on failure remove it and raise :class:`WriteError` naming ``path``."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        hint = " (disk full)" if err.errno == errno.ENOSPC else ""
+        message = f"{path}: cannot write: {err.strerror or err}{hint}; the file was left as it was"
+        raise WriteError(err.errno, message) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return count
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -290,3 +320,33 @@ def _stripped(value: Any, field: str) -> str:
 def _type_error(field: str, expected: str, value: Any) -> DataError:
     got = "null/missing" if value is None else type(value).__name__
     return DataError(f"field {field!r} must be {expected}, got {got}")
+
+
+def limit_prompt_length(
+    prompts: list[str], tokenizer: Any, max_tokens: int | None, rule: str, where: str
+) -> tuple[list[str], dict[str, int]]:
+    """Apply a prompt-length limit: overlong prompts are truncated to ``max_tokens`` or dropped (``rule``).
+
+    Why a rule rather than an error: real prompt sets have a long tail, and one 20k-token prompt should not
+    stop a run, nor silently blow up a batch. Returns the prompts and the counts the stage puts in its
+    metrics. ``where`` (the config field, e.g. ``critique_revise.red_team_prompts``) names the source if
+    nothing is left.
+    """
+    counts = {"prompts_overlong": 0, "prompts_truncated": 0, "prompts_dropped": 0}
+    if max_tokens is None:
+        return list(prompts), counts
+    kept = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        if len(ids) <= max_tokens:
+            kept.append(prompt)
+            continue
+        counts["prompts_overlong"] += 1
+        if rule == "drop":
+            counts["prompts_dropped"] += 1
+        else:
+            kept.append(tokenizer.decode(ids[:max_tokens], skip_special_tokens=True).strip())
+            counts["prompts_truncated"] += 1
+    if prompts and not kept:
+        raise DataError(f"{where}: every prompt is longer than max_prompt_tokens={max_tokens} and was dropped")
+    return kept, counts

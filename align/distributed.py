@@ -1,10 +1,11 @@
 """The accelerate process state, created the same way everywhere in align.
 
-``PartialState()`` only sees a multi-process launch on CPU when it is created with ``cpu=True``
-(``ACCELERATE_USE_CPU`` is read by ``AcceleratorState``, not by ``PartialState``). Without that, each of
-``accelerate launch --num_processes 2`` processes on a CPU-only machine believes it is the only one: they
-all generate everything and all write as the main process. Whichever is created first fixes the state
-for the process, so every align module asks here.
+``accelerate launch --multi_gpu --num_processes N`` on a machine without any accelerator starts N
+processes, but accelerate picks its CPU (gloo) backend only when told to use the CPU: a plain
+``PartialState()``, and every Trainer (whose TrainingArguments rebuild the state), treats each process as
+a lone one, so every process does all the work and they race on the run directory.
+``ACCELERATE_USE_CPU`` is the switch both accelerate and transformers read, so it is set here; whichever
+state is created first fixes it for the process, so every align module asks here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ def process_state():
     """accelerate's ``PartialState``: gloo across processes on CPU, nccl on GPUs, one process when not launched."""
     import torch
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return PartialState(cpu=flag or not torch.cuda.is_available())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())

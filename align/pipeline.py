@@ -26,9 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from align.distributed import process_state
+
 MANIFEST = "manifest.json"
 RESUMABLE = ("shards", "checkpoints")  # what an interrupted attempt leaves for the next one
 INPUT_TAG = ".input_hash"
+
+
+class StopPipeline(Exception):
+    """Raised on entering a stage after ``until``: the run ends there, cleanly, with nothing of it started."""
 
 
 def stable_hash(value: Any) -> str:
@@ -57,9 +63,10 @@ def code_version() -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """Readers see the old file or the new one; a failed write (disk full) names ``path`` and leaves it alone."""
+    from align.data import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 @dataclass
@@ -96,10 +103,12 @@ class Run:
         force: set[str] | None = None,
         order: list[str] | None = None,
         tracker: Any = None,
+        until: str | None = None,
     ) -> None:
-        """``tracker`` (e.g. :class:`align.tracking.WandbTracker`) is told about every stage that runs."""
-        from align.distributed import process_state
+        """``tracker`` (e.g. :class:`align.tracking.WandbTracker`) is told about every stage that runs.
 
+        ``until`` names the last stage to run: entering any later one raises :class:`StopPipeline`.
+        """
         self.root = Path(root)
         self.tracker = tracker
         self.state = process_state()  # multi-process launches on CPU too
@@ -107,6 +116,9 @@ class Run:
         unknown = sorted(set(force or ()) - set(self.order)) if self.order else []
         if unknown:
             raise ValueError(f"--force: unknown stage(s) {unknown}; stages are {self.order}")
+        if until is not None and until not in self.order:
+            raise ValueError(f"--until: unknown stage {until!r}; stages are {self.order}")
+        self.until = until
         # Forcing a stage forces everything after it.
         first = min((self.order.index(s) for s in force or ()), default=len(self.order))
         self.force = set(self.order[first:])
@@ -125,10 +137,20 @@ class Run:
     @contextmanager
     def stage(self, name: str, config: Any, inputs: dict[str, Any]) -> Iterator[Stage]:
         """Run the body only if the stage is not already done with these inputs; publish atomically."""
+        if self.until is not None and name in self.order and self.order.index(name) > self.order.index(self.until):
+            raise StopPipeline(f"stopped after {self.until} (--until)")
         input_hash = stable_hash({"config": config, "inputs": inputs})
         final, work = self.root / name, self.root / f"{name}.partial"
         old = self.manifest(name)
-        if name not in self.force and old.get("status") == "done" and old.get("input_hash") == input_hash:
+        damaged = _changed_files(final, old.get("files")) if old.get("status") == "done" else []
+        if damaged:
+            print(f"[align] {name}: published files missing or changed ({', '.join(damaged[:3])}), redoing", flush=True)
+        if (
+            name not in self.force
+            and old.get("status") == "done"
+            and old.get("input_hash") == input_hash
+            and not damaged
+        ):
             print(f"[align] {name}: done with the same inputs, skipped ({final})", flush=True)
             yield Stage(name, final, work, True, input_hash, manifest=old, metrics=old.get("metrics", {}))
             return
@@ -150,6 +172,25 @@ class Run:
                 if self.state.is_main_process:
                     _keep_only_resumable(work)
                 raise
+            self.state.wait_for_everyone()  # every process has written its part
+            problems = _verify_outputs(work) if self.state.is_main_process else []
+            if self.state.num_processes > 1:
+                from accelerate.utils import broadcast_object_list
+
+                box = [problems]
+                broadcast_object_list(box, from_process=0)
+                problems = box[0]
+            if problems:  # not published: the stage failed, its shards/checkpoints stay, and a re-run redoes it
+                if self.state.is_main_process:
+                    _keep_only_resumable(work)
+                raise RuntimeError(f"{name}: outputs failed verification, not published: {'; '.join(problems)}")
+            if self.state.is_main_process:
+                for sub in (*RESUMABLE, INPUT_TAG):  # resume state is not part of the published output
+                    target = work / sub
+                    if target.is_dir():
+                        shutil.rmtree(target)
+                    elif target.exists():
+                        target.unlink()
             manifest = {
                 "stage": name,
                 "status": "done",
@@ -164,12 +205,7 @@ class Run:
             }
             self.state.wait_for_everyone()
             if self.state.is_main_process:
-                for sub in (*RESUMABLE, INPUT_TAG):  # resume state is not part of the published output
-                    target = work / sub
-                    if target.is_dir():
-                        shutil.rmtree(target)
-                    elif target.exists():
-                        target.unlink()
+                manifest["files"] = _file_sizes(work)  # what "done" means: a re-run checks they are still there
                 write_json_atomic(work / MANIFEST, manifest)
                 if final.exists():
                     shutil.rmtree(final)
@@ -179,6 +215,39 @@ class Run:
             if tracked is not None:
                 tracked.published(stage)
         print(f"[align] {name}: done in {manifest['seconds']:.0f}s", flush=True)
+
+
+def _file_sizes(directory: Path) -> dict[str, int]:
+    return {
+        p.relative_to(directory).as_posix(): p.stat().st_size
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def _changed_files(directory: Path, recorded: dict[str, int] | None) -> list[str]:
+    """Published files that are gone or have another size than when the stage finished (none recorded: none)."""
+    changed = []
+    for rel, size in (recorded or {}).items():
+        try:
+            if (directory / rel).stat().st_size != size:
+                changed.append(rel)
+        except OSError:
+            changed.append(rel)
+    return changed
+
+
+def _verify_outputs(work: Path) -> list[str]:
+    """Every output file the stage wrote is whole (JSON parses, safetensors has all its bytes), and there is one."""
+    from align.integrity import file_problem
+
+    skip = (*RESUMABLE, INPUT_TAG)  # resume state is checked by its own readers
+    files = [p for p in sorted(work.rglob("*")) if p.is_file() and p.relative_to(work).parts[0] not in skip]
+    problems = [problem for p in files if (problem := file_problem(p))]
+    stray = [p.name for p in files if p.name.endswith(".tmp")]
+    if stray:
+        problems.append(f"temporary files left behind: {stray}")
+    return problems
 
 
 def _same_inputs(work: Path, input_hash: str) -> bool:

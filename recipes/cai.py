@@ -22,8 +22,9 @@ import torch
 
 from align.config import ConfigError, RecipeConfig, load_config, to_dict
 from align.constitution import ConstitutionError, load_constitution
-from align.data import DataError, load_prompts, read_jsonl, write_jsonl_atomic
-from align.pipeline import Run, write_json_atomic
+from align.data import DataError, WriteError, limit_prompt_length, load_prompts, read_jsonl, write_jsonl_atomic
+from align.pipeline import Run, StopPipeline, write_json_atomic
+from align.train.errors import TrainingDiverged
 
 STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "ppo", "grpo", "rloo", "eval"]
 
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML recipe config (see recipes/configs/)")
     parser.add_argument("--force", action="append", default=[], choices=STAGES, help="redo STAGE and after")
+    parser.add_argument("--until", choices=STAGES, help="stop after STAGE (the stages after it are not started)")
     return parser.parse_known_args(argv)
 
 
@@ -45,6 +47,35 @@ def setup_tracking(cfg: RecipeConfig, run_dir: Path) -> None:
     configured = os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").exists()
     if not configured:
         os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def check_model_paths(cfg: RecipeConfig, config_file: str) -> None:
+    """Fail before any stage runs on a model that cannot work: a local path that is not there, or a tokenizer
+    without a chat template (every prompt is rendered with it). Hub ids are left to ``from_pretrained``."""
+    fields = {
+        "base_model": None if cfg.base_model == "tiny" else cfg.base_model,
+        "critique_revise.feedback_model": cfg.critique_revise.feedback_model,
+        "preferences.feedback_model": cfg.preferences.feedback_model,
+    }
+    for name, path in fields.items():
+        if path is None:
+            continue
+        local = Path(os.path.expanduser(path))
+        if not local.exists():
+            if path.startswith(("/", ".", "~")) or path.count("/") > 1:  # else a hub id ("org/name")
+                raise ConfigError(f"{config_file}: {name}: model path {path} does not exist")
+            continue
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(local), trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{config_file}: {name}: cannot load a tokenizer from {path}: {err}") from None
+        if tokenizer.chat_template is None:
+            raise ConfigError(
+                f"{config_file}: {name}: the tokenizer of {path} has no chat template; add one "
+                "(tokenizer.chat_template in tokenizer_config.json) or use a chat/instruct model"
+            )
 
 
 def load_model(path: str, trust_remote_code: bool):
@@ -93,9 +124,14 @@ def helpfulness_pairs(pc, split, rng: random.Random) -> list[dict]:
     return [{**row, "label": 1.0, "principle_ids": [], "source": "helpfulness"} for row in rows]
 
 
-def label_with_ai_feedback(cfg: RecipeConfig, constitution, sft, sft_cai, split) -> tuple[list, list, dict]:
-    """RL-CAI labels: two responses per prompt, judged principle by principle by the feedback model."""
-    from align.feedback.preferences import OptionScorer, ai_feedback_preferences
+def label_with_ai_feedback(
+    cfg: RecipeConfig, constitution, sft, sft_cai, split, work_dir: Path
+) -> tuple[list, list, dict]:
+    """RL-CAI labels: two responses per prompt, judged principle by principle by the feedback model.
+
+    Sampling and labelling go in crash-safe shards under ``work_dir/shards``.
+    """
+    from align.feedback.preferences import OptionScorer, ai_feedback_preferences_sharded
     from align.generation import TransformersBackend, build_backend, generation_metrics
 
     pc = cfg.preferences
@@ -119,9 +155,13 @@ def label_with_ai_feedback(cfg: RecipeConfig, constitution, sft, sft_cai, split)
         else load_model(pc.feedback_model or str(sft.path), trust)
     )
     scorer = OptionScorer(*scored, pc.batch_size, name=feedback.name)
-    rows, labels, metrics = ai_feedback_preferences(
-        texts, first, sl_cai, scorer, constitution, pc, cfg.seed, reasoner=feedback
+    texts, limits = limit_prompt_length(
+        texts, scored[1], pc.prompt_limits.max_prompt_tokens, pc.prompt_limits.overlong, "preferences.prompts"
     )
+    rows, labels, metrics = ai_feedback_preferences_sharded(
+        texts, first, sl_cai, scorer, constitution, pc, cfg.seed, work_dir / "shards", reasoner=feedback
+    )
+    metrics.update(limits)
     metrics["label_seconds"] = round(scorer.seconds, 2)
     metrics.update(generation_metrics([first, sl_cai, feedback]))
     metrics["mean_label"] = sum(r["label"] for r in rows) / max(len(rows), 1)
@@ -159,6 +199,7 @@ def summary_lines(preferences: dict, reward: dict | None) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(argv)
     cfg = load_config(RecipeConfig, args.config, overrides)
+    check_model_paths(cfg, args.config)
     constitution = load_constitution(cfg.constitution)
     tiny = cfg.base_model == "tiny"
     # The tiny base model is "pretrained" on demonstrations of one constitution; pinning it lets the
@@ -173,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         setup_tracking(cfg, root)
         tracker = WandbTracker(root, cfg.run_name, to_dict(cfg), constitution, upload_models=cfg.wandb_upload_models)
-    run = Run(root, force=set(args.force), order=STAGES, tracker=tracker)
+    run = Run(root, force=set(args.force), order=STAGES, tracker=tracker, until=args.until)
     if run.state.is_main_process:  # what the run was aligned to, for reports and `align runs compare`
         write_json_atomic(run.root / "constitution.json", {**constitution.to_dict(), "identity": constitution.identity})
     print(f"[align] constitution {constitution.identity}; run dir {run.root}", flush=True)
@@ -219,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
     ) as crs:
         if not crs.done:
-            from align.feedback.critique_revise import critique_and_revise, preference_view, sft_view
+            from align.feedback.critique_revise import critique_and_revise_sharded, preference_view, sft_view
             from align.generation import build_backend, generation_metrics
 
             rng = random.Random(cfg.seed)
@@ -247,9 +288,18 @@ def main(argv: list[str] | None = None) -> dict:
             previous_file = crs.path / "samples.jsonl"
             reuse = "critique_revise" not in run.force and previous_file.exists()
             previous = read_jsonl(previous_file) if reuse else []
-            records, counts = critique_and_revise(
-                policy, feedback, constitution, red, helpful, cr, cfg.seed, previous=previous
+            lim = cr.prompt_limits
+            red, red_limits = limit_prompt_length(
+                red, policy.tokenizer, lim.max_prompt_tokens, lim.overlong, "critique_revise.red_team_prompts"
             )
+            helpful, helpful_limits = limit_prompt_length(
+                helpful, policy.tokenizer, lim.max_prompt_tokens, lim.overlong, "critique_revise.helpful_prompts"
+            )
+            # in crash-safe shards: a killed run keeps finished shards and generates only the missing ones
+            records, counts = critique_and_revise_sharded(
+                policy, feedback, constitution, red, helpful, cr, cfg.seed, crs.work_dir / "shards", previous
+            )
+            counts.update({k: red_limits[k] + helpful_limits[k] for k in red_limits})
             print(
                 f"[align] critique_revise: reused {counts['reused']} samples, regenerated {counts['regenerated']}",
                 flush=True,
@@ -318,7 +368,9 @@ def main(argv: list[str] | None = None) -> dict:
                 rows = [{**r, "label": 1.0} for r in read_jsonl(crs.path / "preferences.jsonl")]
                 prefs.metrics = {"pairs": len(rows)}
             else:
-                rows, labels, prefs.metrics = label_with_ai_feedback(cfg, constitution, sft, sft_cai, split)
+                rows, labels, prefs.metrics = label_with_ai_feedback(
+                    cfg, constitution, sft, sft_cai, split, prefs.work_dir
+                )
                 if run.state.is_main_process:
                     write_jsonl_atomic(prefs.work_dir / "labels.jsonl", labels)
             helpfulness = helpfulness_pairs(pc, split, random.Random(cfg.seed + 3))
@@ -464,21 +516,36 @@ def main(argv: list[str] | None = None) -> dict:
             from align.config import SamplingSettings
             from align.evaluation.metrics import markdown_table, score
             from align.feedback import prompts
-            from align.generation import build_backend, generate_sharded, generation_metrics
+            from align.generation import build_backend, generation_metrics
+            from align.shards import run_sharded, shard_seed
 
             greedy = SamplingSettings(
                 max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0, batch_size=cfg.eval.batch_size
             )
             metrics, responses, throughput = {}, [], {}
             for key, stage in models.items():
-                backend = build_backend(
-                    cfg.eval.backend, str(stage.path), name=key, trust_remote_code=cfg.trust_remote_code, run_model=True
+                loaded: dict = {}  # the model is loaded only if a shard of it is still missing
+
+                def respond(texts: list[str], index: int, key=key, stage=stage, loaded=loaded) -> tuple[list, dict]:
+                    if not loaded:
+                        loaded["b"] = build_backend(
+                            cfg.eval.backend,
+                            str(stage.path),
+                            name=key,
+                            trust_remote_code=cfg.trust_remote_code,
+                            run_model=True,
+                        )
+                    convs = [[prompts.user(t)] for t in texts]
+                    replies = loaded["b"].generate(convs, greedy, shard_seed(cfg.seed, index), f"eval {key}")
+                    return [{"response": a} for a in replies], {}
+
+                texts = [r.text for r in split.eval]
+                shards = run_sharded(
+                    texts, ev.work_dir / "shards" / key, respond, cfg.eval.shard_size, desc=f"eval {key}"
                 )
-                replies = generate_sharded(
-                    backend, [[prompts.user(r.text)] for r in split.eval], greedy, cfg.seed, f"eval {key}"
-                )
+                replies = [x["response"] for x in shards.records]
                 metrics[key] = score(split.eval, replies)
-                throughput[key] = generation_metrics([backend])
+                throughput[key] = generation_metrics([loaded["b"]] if loaded else [])  # 0 if all reused
                 responses += [
                     {"model": key, "prompt": r.text, "label": r.label, "response": a}
                     for r, a in zip(split.eval, replies)
@@ -509,6 +576,8 @@ if __name__ == "__main__":
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     try:
         main()
-    except (ConfigError, ConstitutionError, DataError) as e:
+    except StopPipeline as stop:
+        print(f"[align] {stop}", flush=True)
+    except (ConfigError, ConstitutionError, DataError, WriteError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

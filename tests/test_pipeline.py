@@ -86,3 +86,22 @@ def test_failed_stage_keeps_resumable_state_for_the_same_inputs_only(tmp_path):
         raise RuntimeError("killed")
     with run.stage("b", config={"changed": 1}, inputs={}) as st:  # other inputs: start from scratch
         assert not st.resumed and not (st.work_dir / "checkpoints").exists()
+
+
+def test_stage_with_a_broken_output_is_not_published_and_keeps_its_resume_state(tmp_path):
+    run = Run(tmp_path, order=ORDER)
+    broken = r"a: outputs failed verification.*out.jsonl: line 2 is not JSON"
+    with pytest.raises(RuntimeError, match=broken), run.stage("a", config={}, inputs={}) as st:
+        (st.work_dir / "shards").mkdir()
+        (st.work_dir / "shards" / "00000.jsonl").write_text("{}\n")
+        (st.work_dir / "out.jsonl").write_text('{"ok": 1}\n{"half": \n')
+    assert not (tmp_path / "a").exists()
+    assert sorted(p.name for p in (tmp_path / "a.partial").iterdir()) == [".input_hash", "shards"]
+
+
+def test_published_stage_whose_files_changed_is_redone_with_downstream(tmp_path):
+    assert run_chain(tmp_path) == ORDER
+    (tmp_path / "b" / "out.txt").unlink()
+    assert run_chain(tmp_path) == ["b", "c"]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["files"] == {"out.txt": 1}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -79,12 +79,19 @@ def critique_and_revise(
     cfg: CritiqueReviseConfig,
     seed: int,
     previous: Sequence[dict[str, Any]] = (),
+    *,
+    generation_seed: int | None = None,
+    generate: Callable[..., list[str]] = generate_sharded,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """One record per prompt, with every critique and revision and the provenance needed to redo it.
 
     ``previous`` are records of an earlier run; whatever of them is still valid is reused. Returns the
-    records and counts of reused and regenerated ones.
+    records and counts of reused and regenerated ones. ``seed`` draws the principles; sampling uses
+    ``generation_seed`` (default ``seed``), so a caller working in shards can seed each shard on its own
+    without changing which principle a prompt gets. ``generate`` defaults to splitting each call over the
+    accelerate processes; a shard made by one process passes :func:`align.shards.local_generate`.
     """
+    gen_seed = seed if generation_seed is None else generation_seed
     _check_prompts(red_team, "red-team")
     _check_prompts(helpful, "helpful")
     few_shot = constitution.few_shot if cfg.use_few_shot else ()
@@ -99,7 +106,7 @@ def critique_and_revise(
     # Initial responses: reused unless the record is new or was made under another key.
     initial = [o["initial_response"] if k >= 0 else None for o, k in zip(olds, kept)]
     todo = [i for i, k in enumerate(kept) if k < 0]
-    fresh = generate_sharded(policy, [[prompts.user(red_team[i])] for i in todo], sampling, seed, "responses")
+    fresh = generate(policy, [[prompts.user(red_team[i])] for i in todo], sampling, gen_seed, "responses")
     for i, r in zip(todo, fresh):
         initial[i] = r
     kept = [max(k, 0) for k in kept]
@@ -113,21 +120,21 @@ def critique_and_revise(
         # Each round critiques the latest revision as if it had been the original answer.
         histories = [[prompts.user(red_team[i]), prompts.assistant(latest[i])] for i in active]
         chosen = [plans[i][k] for i in active]
-        critiques = generate_sharded(
+        critiques = generate(
             feedback,
             [prompts.critique_messages(few_shot, h, p.critique) for h, p in zip(histories, chosen)],
             sampling,
-            seed + 1 + 2 * k,
+            gen_seed + 1 + 2 * k,
             f"critiques r{k + 1}",
         )
-        revisions = generate_sharded(
+        revisions = generate(
             feedback,
             [
                 prompts.revision_messages(few_shot, h, p.critique, c, p.revision)
                 for h, p, c in zip(histories, chosen, critiques)
             ],
             sampling,
-            seed + 2 + 2 * k,
+            gen_seed + 2 + 2 * k,
             f"revisions r{k + 1}",
         )
         for i, p, c, r in zip(active, chosen, critiques, revisions):
@@ -146,9 +153,7 @@ def critique_and_revise(
     old_helpful = [old.get(("helpful", p)) for p in helpful]
     helpful_responses = [o["initial_response"] if o and o.get("reuse_key") == key else None for o in old_helpful]
     todo = [i for i, r in enumerate(helpful_responses) if r is None]
-    fresh = generate_sharded(
-        policy, [[prompts.user(helpful[i])] for i in todo], sampling, seed + 999, "helpful responses"
-    )
+    fresh = generate(policy, [[prompts.user(helpful[i])] for i in todo], sampling, gen_seed + 999, "helpful responses")
     for i, r in zip(todo, fresh):
         helpful_responses[i] = r
 
@@ -160,7 +165,13 @@ def critique_and_revise(
         },
         "policy_model": policy.name,
         "feedback_model": feedback.name,
-        "generation": {**asdict(sampling), "seed": seed, "rounds": cfg.rounds, "few_shot": cfg.use_few_shot},
+        "generation": {
+            **asdict(sampling),
+            "seed": seed,
+            "generation_seed": gen_seed,
+            "rounds": cfg.rounds,
+            "few_shot": cfg.use_few_shot,
+        },
         "reuse_key": key,
     }
     records = []
@@ -224,3 +235,50 @@ def preference_view(records: Sequence[dict]) -> list[dict]:
         and r["final_response"].strip()
         and r["final_response"].strip() != r["initial_response"].strip()
     ]
+
+
+def critique_and_revise_sharded(
+    policy: Backend,
+    feedback: Backend,
+    constitution,
+    red_team: Sequence[str],
+    helpful: Sequence[str],
+    cfg: CritiqueReviseConfig,
+    seed: int,
+    directory,
+    previous: Sequence[dict[str, Any]] = (),
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """:func:`critique_and_revise` in crash-safe shards of ``cfg.shard_size`` prompts under ``directory``.
+
+    Red-team then helpful prompts are cut into fixed shards; each is made by one process with its own seed
+    (:func:`align.shards.shard_seed`) and written atomically, so a killed run resumes from its finished
+    shards and gives the same records as an uninterrupted one, with any number of processes. Principle
+    draws still use ``seed`` alone, so incremental regeneration is unaffected by sharding.
+    """
+    from align.shards import local_generate, run_sharded, shard_seed
+
+    items = [("red_team", p) for p in red_team] + [("helpful", p) for p in helpful]
+
+    def process(shard: list, index: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        red = [p for kind, p in shard if kind == "red_team"]
+        help_ = [p for kind, p in shard if kind == "helpful"]
+        records, counts = critique_and_revise(
+            policy,
+            feedback,
+            constitution,
+            red,
+            help_,
+            cfg,
+            seed,
+            previous,
+            generation_seed=shard_seed(seed, index),
+            generate=local_generate,
+        )
+        for j, record in enumerate(records):  # records follow the shard's items: ids count over the whole run
+            g = index * cfg.shard_size + j
+            record["id"] = f"red-{g}" if record["kind"] == "red_team" else f"help-{g - len(red_team)}"
+        return records, counts
+
+    out = run_sharded(items, directory, process, cfg.shard_size, desc="critique_revise")
+    counts = {k: int(v) for k, v in out.counts.items()}
+    return out.records, {**counts, "shards": out.shards, "shards_resumed": out.shards_reused}

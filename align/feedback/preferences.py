@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -250,14 +250,18 @@ def ai_feedback_preferences(
     cfg: PreferencesConfig,
     seed: int,
     reasoner: Backend | None = None,
+    *,
+    generate: Callable[..., list[str]] = generate_sharded,
 ) -> tuple[list[dict], list[dict], dict]:
     """Sample two responses per prompt, label them with the feedback model; (preferences, labels, counts).
 
     Pairs whose two responses are the same text carry no preference and are dropped before labelling.
+    ``generate`` defaults to splitting the sampling over the accelerate processes; a shard made by one
+    process passes :func:`align.shards.local_generate`.
     """
     convs = [[prompts.user(p)] for p in prompt_texts]
-    responses_1 = generate_sharded(first, convs, cfg.sampling, seed, "responses 1")
-    responses_2 = generate_sharded(second, convs, cfg.sampling, seed + 1, "responses 2")
+    responses_1 = generate(first, convs, cfg.sampling, seed, "responses 1")
+    responses_2 = generate(second, convs, cfg.sampling, seed + 1, "responses 2")
     pairs = [
         Pair(p, a, b)
         for p, a, b in zip(prompt_texts, responses_1, responses_2)
@@ -291,3 +295,34 @@ def ai_feedback_preferences(
     preferences = [{**to_preference(row), **provenance} for row in labels]
     counts = {"prompts": len(prompt_texts), "pairs": len(pairs), "identical_dropped": len(prompt_texts) - len(pairs)}
     return preferences, labels, counts
+
+
+def ai_feedback_preferences_sharded(
+    prompt_texts: Sequence[str],
+    first: Backend,
+    second: Backend,
+    scorer: OptionScorer,
+    constitution,
+    cfg: PreferencesConfig,
+    seed: int,
+    directory,
+    reasoner: Backend | None = None,
+) -> tuple[list[dict], list[dict], dict]:
+    """:func:`ai_feedback_preferences` in crash-safe shards of ``cfg.shard_size`` prompts under ``directory``.
+
+    Each shard samples, pairs and labels its prompts in one process with its own seed and is written
+    atomically, so a killed run keeps its finished shards and the result does not depend on interruptions
+    or on the number of processes.
+    """
+    from align.shards import local_generate, run_sharded, shard_seed
+
+    def process(shard: list[str], index: int) -> tuple[list[dict], dict[str, float]]:
+        prefs, labels, counts = ai_feedback_preferences(
+            shard, first, second, scorer, constitution, cfg, shard_seed(seed, index), reasoner, generate=local_generate
+        )
+        return [{"preference": p, "label": q} for p, q in zip(prefs, labels)], counts
+
+    out = run_sharded(list(prompt_texts), directory, process, cfg.shard_size, desc="preferences")
+    counts = {k: int(v) for k, v in out.counts.items()}
+    counts.update(shards=out.shards, shards_resumed=out.shards_reused)
+    return [r["preference"] for r in out.records], [r["label"] for r in out.records], counts

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from align.config import PPOStageConfig
+from align.faults import fault_point, stage_of
 from align.rl.losses import (
     KLController,
     entropy_from_logits,
@@ -488,6 +489,7 @@ class PPO:
             if final.exists():  # an unusable checkpoint of the same step, from the attempt that died
                 shutil.rmtree(final)
             os.replace(tmp, final)
+            fault_point(stage_of(self.output_dir))  # tests can SIGKILL here (ALIGN_FAULT_AFTER=ppo:<n>)
             older = sorted(p for p in self.checkpoint_dir.glob("step-*") if p != final)
             for old in older[: max(0, len(older) - KEEP_CHECKPOINTS + 1)]:
                 shutil.rmtree(old, ignore_errors=True)

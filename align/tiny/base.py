@@ -39,7 +39,8 @@ def cache_key(cfg: TinyWorldConfig, sft: SFTStageConfig, constitution, seed: int
     blob = json.dumps(
         {
             "tiny": {**asdict(cfg), "constitution": None},  # its content is keyed below, not its path
-            "sft": asdict(sft),
+            # how often checkpoints are written does not change the weights
+            "sft": {k: v for k, v in asdict(sft).items() if k not in ("save_steps", "save_total_limit")},
             "constitution": constitution.content_hash,
             "seed": seed,
             "few_shot": few_shot,

@@ -8,7 +8,7 @@ from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from align.config import DPOStageConfig
-from align.train.common import finish_tracking, peft_config, save_merged, trainer_kwargs
+from align.train.common import finish_tracking, peft_config, save_merged, train_resumable, trainer_kwargs
 
 REQUIRED = ("prompt", "chosen", "rejected")
 
@@ -47,7 +47,7 @@ def train_dpo(
         processing_class=tokenizer,
         peft_config=lora,
     )
-    result = trainer.train()
+    _, metrics = train_resumable(trainer, output_dir)  # from the newest valid checkpoint, if an attempt died
     save_merged(trainer, tokenizer, output_dir)
     finish_tracking(report_to)
-    return {"train_loss": float(result.training_loss), "steps": float(result.global_step)}
+    return metrics

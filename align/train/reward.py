@@ -20,7 +20,7 @@ from trl import RewardConfig, RewardTrainer
 from trl.data_utils import is_conversational
 
 from align.config import RewardStageConfig
-from align.train.common import finish_tracking, peft_config, save_merged, trainer_kwargs
+from align.train.common import finish_tracking, peft_config, save_merged, train_resumable, trainer_kwargs
 
 REQUIRED = ("chosen", "rejected")
 LABEL = "label"  # probability that `chosen` is better than `rejected`; 1.0 where the column is missing
@@ -190,14 +190,14 @@ def train_reward(
     kept = len(trainer.train_dataset)
     if kept == 0:
         raise ValueError(f"every reward train pair is longer than max_length={cfg.max_length} tokens")
-    result = trainer.train()
-    if not math.isfinite(result.training_loss):
+    _, trained = train_resumable(trainer, output_dir)  # from the newest valid checkpoint, if an attempt died
+    if not math.isfinite(trained["train_loss"]):
         raise FloatingPointError(
-            f"reward training loss is {result.training_loss}: it diverged (lower learning_rate?) or the model gives NaN"
+            f"reward training loss is {trained['train_loss']}: it diverged (lower learning_rate?) "
+            "or the model gives NaN"
         )
     metrics: dict[str, Any] = {
-        "train_loss": float(result.training_loss),
-        "steps": float(result.global_step),
+        **trained,
         "train_pairs": float(kept),
         "train_pairs_too_long": float(len(train_data) - kept),
     }

@@ -6,7 +6,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from align.config import SFTStageConfig
-from align.train.common import finish_tracking, peft_config, save_merged, trainer_kwargs
+from align.train.common import finish_tracking, peft_config, save_merged, train_resumable, trainer_kwargs
 
 
 def train_sft(
@@ -41,7 +41,7 @@ def train_sft(
         processing_class=tokenizer,
         peft_config=peft_config(cfg.lora),
     )
-    result = trainer.train()
+    _, metrics = train_resumable(trainer, output_dir)  # from the newest valid checkpoint, if an attempt died
     save_merged(trainer, tokenizer, output_dir)
     finish_tracking(report_to)
-    return {"train_loss": float(result.training_loss), "steps": float(result.global_step)}
+    return metrics

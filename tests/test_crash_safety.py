@@ -1,0 +1,114 @@
+"""Crash-safety building blocks, in process: sharded generation, checkpoint validity, resumed training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+
+from align.config import SFTStageConfig
+from align.shards import run_sharded, shard_seed
+from align.tiny.model import build_model, build_tokenizer
+from align.train.common import COMPLETE, checkpoint_problem, newest_valid_checkpoint
+from align.train.sft import train_sft
+
+
+def squares(calls):
+    def process(items, index):
+        calls.append(index)
+        return [{"x": x, "y": x * x, "seed": shard_seed(0, index)} for x in items], {"n": len(items)}
+
+    return process
+
+
+def test_shards_resume_generates_only_missing_ones_in_order(tmp_path):
+    calls = []
+    first = run_sharded(list(range(10)), tmp_path / "shards", squares(calls), 3)
+    assert calls == [0, 1, 2, 3] and [r["x"] for r in first.records] == list(range(10))
+    assert first.counts == {"n": 10} and first.shards == 4
+    (tmp_path / "shards" / "00002.jsonl").unlink()  # the shard a killed run had not written yet
+    calls.clear()
+    again = run_sharded(list(range(10)), tmp_path / "shards", squares(calls), 3)
+    assert calls == [2] and again.records == first.records and again.shards_reused == 3
+
+
+def test_shard_that_does_not_match_its_items_is_regenerated_with_a_warning(tmp_path):
+    run_sharded(list(range(6)), tmp_path / "shards", squares([]), 3)
+    path = tmp_path / "shards" / "00001.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n")  # a record missing: not what the header promises
+    calls = []
+    with pytest.warns(UserWarning, match="00001.jsonl: shard does not match"):
+        again = run_sharded(list(range(6)), tmp_path / "shards", squares(calls), 3)
+    assert calls == [1] and [r["x"] for r in again.records] == list(range(6))
+    header = json.loads(path.read_text().splitlines()[0])
+    assert header["shard"] == 1 and header["records"] == 3
+
+
+def test_shard_seed_is_per_shard_and_stable():
+    assert shard_seed(0, 1) == shard_seed(0, 1) != shard_seed(0, 2)
+    assert shard_seed(1, 1) != shard_seed(0, 1)
+
+
+TEXTS = ["How do I fix a bike?", "Sure. To fix it, first look, then mend.", "I can't help you steal that."]
+
+
+def tiny():
+    tok = build_tokenizer(TEXTS, 300)
+    model = build_model(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    return model, tok
+
+
+def data():
+    row = {"messages": [{"role": "user", "content": TEXTS[0]}, {"role": "assistant", "content": TEXTS[1]}]}
+    return Dataset.from_list([row] * 24)
+
+
+CFG = SFTStageConfig(learning_rate=1e-2, max_steps=6, per_device_train_batch_size=4, logging_steps=1, save_steps=2)
+
+
+def test_partial_checkpoint_is_skipped_with_a_warning_and_resume_matches(tmp_path):
+    model, tok = tiny()
+    full = train_sft(model, tok, data(), CFG, str(tmp_path / "full"), seed=0)
+    checkpoints = tmp_path / "full" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    assert checkpoint_problem(checkpoints / "checkpoint-6") is None
+
+    # A run killed while saving checkpoint-6: the weights half-written, no completion marker.
+    out = tmp_path / "killed"
+    (out / "checkpoints").mkdir(parents=True)
+    import shutil
+
+    for name in ("checkpoint-4", "checkpoint-6"):
+        shutil.copytree(checkpoints / name, out / "checkpoints" / name)
+    weights = out / "checkpoints" / "checkpoint-6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert "truncated" in checkpoint_problem(out / "checkpoints" / "checkpoint-6")
+    (out / "checkpoints" / "checkpoint-6" / COMPLETE).unlink()
+    assert "no completion marker" in checkpoint_problem(out / "checkpoints" / "checkpoint-6")
+
+    model, tok = tiny()
+    with pytest.warns(UserWarning, match="checkpoint-6: skipping corrupt or partial checkpoint"):
+        resumed = train_sft(model, tok, data(), CFG, str(out), seed=0)
+    assert resumed["resumed_from_step"] == 4 and resumed["steps"] == 6
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-5)
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(out / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_checkpoint_problems_are_named(tmp_path):
+    assert checkpoint_problem(tmp_path / "nope") == "not a checkpoint-N directory"
+    ck = tmp_path / "checkpoints" / "checkpoint-3"
+    ck.mkdir(parents=True)
+    (ck / COMPLETE).write_text("3\n")
+    assert "trainer_state.json unreadable" in checkpoint_problem(ck)
+    (ck / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    assert "at step 2, not 3" in checkpoint_problem(ck)
+    with pytest.warns(UserWarning, match="checkpoint-3: skipping corrupt or partial checkpoint: trainer_state"):
+        assert newest_valid_checkpoint(tmp_path) is None
+    assert not ck.exists()  # deleted, so the Trainer never saves into or rotates by a half-written directory
