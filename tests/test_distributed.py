@@ -34,6 +34,10 @@ LOGGED = [f"--{s}.logging_steps=1" for s in ("sft", "sft_cai", "reward", "dpo")]
 # in one of our runs SFT-on-revisions' first step differed by 0.2% (its length-grouped sampler shuffles from
 # the global RNG). 1e-2 per step allows those and still catches a wrong loss scale or a lost shard of data.
 STEP_RTOL = 1e-2
+# The last step's batch is the partial one: accelerate fills each process's share up with examples from the
+# start of the data, so with 2 processes it holds different repeats than with 1 (the reward model's last
+# loss moved by 2.1% once 8 helpfulness pairs changed the dataset size). Still far below a lost shard.
+LAST_STEP_RTOL = 5e-2
 
 pytestmark = pytest.mark.recipe
 
@@ -60,7 +64,7 @@ def assert_same_trajectory(one: Path, two: Path) -> None:
     a, b = losses(one), losses(two)
     assert [s for s, _ in a] == [s for s, _ in b] and a, (a, b)  # the same number of optimiser steps
     rel = [abs(x - y) / abs(x) for (_, x), (_, y) in zip(a, b)]
-    assert max(rel) < STEP_RTOL, rel
+    assert max(rel[:-1], default=0.0) < STEP_RTOL and rel[-1] < LAST_STEP_RTOL, rel
 
 
 def jsonl(stage_dir: Path) -> dict[str, bytes]:
