@@ -491,10 +491,9 @@ def main(argv: list[str] | None = None) -> dict:
                 else:
                     from datasets import Dataset
 
-                    from align.train.grpo import train_grpo, train_rloo
+                    from align.train.grpo import train_online
 
-                    train = train_grpo if cfg.optimizer == "grpo" else train_rloo
-                    tuned.metrics = train(
+                    tuned.metrics = train_online(
                         policy,
                         tokenizer,
                         Dataset.from_list([{"prompt": c} for c in conversations]),

@@ -9,13 +9,13 @@ from transformers import AutoModelForCausalLM
 
 from align.config import ConfigError, GRPOStageConfig, RecipeConfig, RLOOStageConfig, load_config
 from align.tiny.model import build_model, build_tokenizer
-from align.train.grpo import build_grpo_trainer, build_rloo_trainer, load_reward_function, train_grpo, train_rloo
+from align.train.grpo import build_trainer, load_reward_function, train_online
 from align.train.reward import load_reward_model
 
 WORDS = ["apple", "bread", "chair", "door", "egg", "fish", "grape", "house"]
 TRAINERS = {
-    "grpo": (GRPOStageConfig, train_grpo, build_grpo_trainer),
-    "rloo": (RLOOStageConfig, train_rloo, build_rloo_trainer),
+    "grpo": (GRPOStageConfig, train_online, build_trainer),
+    "rloo": (RLOOStageConfig, train_online, build_trainer),
 }
 
 
@@ -119,18 +119,18 @@ def test_long_prompts_are_dropped_and_counted(reward_dir, tmp_path):
     model, tok = policy()
     long = [{"prompt": [{"role": "user", "content": " ".join(WORDS * 4)}]}]
     data = Dataset.from_list(list(prompts(4)) + long)
-    _, dropped = build_grpo_trainer(model, tok, data, reward_dir, fast("grpo"), str(tmp_path), seed=0)
+    _, dropped = build_trainer(model, tok, data, reward_dir, fast("grpo"), str(tmp_path), seed=0)
     assert dropped == 1
     with pytest.raises(ValueError, match="every prompt is longer than"):
-        build_grpo_trainer(model, tok, Dataset.from_list(long), reward_dir, fast("grpo"), str(tmp_path), seed=0)
+        build_trainer(model, tok, Dataset.from_list(long), reward_dir, fast("grpo"), str(tmp_path), seed=0)
 
 
 def test_prompts_must_be_conversations(reward_dir, tmp_path):
     model, tok = policy()
     with pytest.raises(ValueError, match="must be conversations"):
-        train_grpo(model, tok, Dataset.from_list([{"prompt": "hi"}]), reward_dir, fast("grpo"), str(tmp_path), seed=0)
+        train_online(model, tok, Dataset.from_list([{"prompt": "hi"}]), reward_dir, fast("grpo"), str(tmp_path), seed=0)
     with pytest.raises(ValueError, match="needs a 'prompt' column"):
-        train_rloo(model, tok, Dataset.from_list([{"text": "hi"}]), reward_dir, fast("rloo"), str(tmp_path), seed=0)
+        train_online(model, tok, Dataset.from_list([{"text": "hi"}]), reward_dir, fast("rloo"), str(tmp_path), seed=0)
 
 
 def test_configs_check_group_sizes_and_load_from_the_recipe(tmp_path):

@@ -105,20 +105,22 @@ def _reference_is_copy_of(module: Any, policy: PreTrainedModel) -> Iterator[None
         module.create_model_from_path = original
 
 
-def _build(
-    kind: str,
+def build_trainer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Dataset,
     reward_model_path: str,
-    cfg: OnlineRLSettings,
+    cfg: GRPOStageConfig | RLOOStageConfig,
     output_dir: str,
     *,
     seed: int,
-    report_to: str,
-    run_name: str,
-    trust_remote_code: bool,
+    report_to: str = "none",
+    run_name: str | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[GRPOTrainer | RLOOTrainer, int]:
+    """TRL's GRPOTrainer or RLOOTrainer (picked by the config's type), and how many prompts were too long."""
+    kind = "grpo" if isinstance(cfg, GRPOStageConfig) else "rloo"
+    run_name = run_name or kind
     check_prompts(prompts)
     budget = cfg.max_length - cfg.max_completion_length
     lengths = prompt_lengths(tokenizer, prompts)
@@ -154,68 +156,6 @@ def _build(
     return trainer, dropped
 
 
-def build_grpo_trainer(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Dataset,
-    reward_model_path: str,
-    cfg: GRPOStageConfig,
-    output_dir: str,
-    *,
-    seed: int,
-    report_to: str = "none",
-    run_name: str = "grpo",
-    trust_remote_code: bool = False,
-) -> tuple[GRPOTrainer, int]:
-    """The GRPOTrainer :func:`train_grpo` runs, and how many prompts were dropped as too long (for tests, tools)."""
-    trainer, dropped = _build(
-        "grpo",
-        model,
-        tokenizer,
-        prompts,
-        reward_model_path,
-        cfg,
-        output_dir,
-        seed=seed,
-        report_to=report_to,
-        run_name=run_name,
-        trust_remote_code=trust_remote_code,
-    )
-    assert isinstance(trainer, GRPOTrainer)
-    return trainer, dropped
-
-
-def build_rloo_trainer(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Dataset,
-    reward_model_path: str,
-    cfg: RLOOStageConfig,
-    output_dir: str,
-    *,
-    seed: int,
-    report_to: str = "none",
-    run_name: str = "rloo",
-    trust_remote_code: bool = False,
-) -> tuple[RLOOTrainer, int]:
-    """The RLOOTrainer :func:`train_rloo` runs, and how many prompts were dropped as too long."""
-    trainer, dropped = _build(
-        "rloo",
-        model,
-        tokenizer,
-        prompts,
-        reward_model_path,
-        cfg,
-        output_dir,
-        seed=seed,
-        report_to=report_to,
-        run_name=run_name,
-        trust_remote_code=trust_remote_code,
-    )
-    assert isinstance(trainer, RLOOTrainer)
-    return trainer, dropped
-
-
 def run_online(trainer: GRPOTrainer | RLOOTrainer, tokenizer, output_dir: str, dropped: int, report_to: str) -> dict:
     """Train, save the merged policy and ``log_history.json``, and summarise the reward curve.
 
@@ -238,54 +178,26 @@ def run_online(trainer: GRPOTrainer | RLOOTrainer, tokenizer, output_dir: str, d
     return metrics
 
 
-def train_grpo(
+def train_online(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Dataset,
     reward_model_path: str,
-    cfg: GRPOStageConfig,
+    cfg: GRPOStageConfig | RLOOStageConfig,
     output_dir: str,
     *,
     seed: int,
     report_to: str = "none",
-    run_name: str = "grpo",
+    run_name: str | None = None,
     trust_remote_code: bool = False,
 ) -> dict[str, float]:
-    """Optimise the policy with GRPO against the reward model at ``reward_model_path``; save it to ``output_dir``.
+    """Optimise the policy with GRPO or RLOO (by the config's type) against the reward model at
+    ``reward_model_path``; save it to ``output_dir``.
 
     ``prompts`` has a conversational ``prompt`` column. Returns train_loss, steps, prompts_too_long and, when a
     step was logged, reward_first and reward_last (mean reward-model score of the first and last logged steps).
     """
-    trainer, dropped = build_grpo_trainer(
-        model,
-        tokenizer,
-        prompts,
-        reward_model_path,
-        cfg,
-        output_dir,
-        seed=seed,
-        report_to=report_to,
-        run_name=run_name,
-        trust_remote_code=trust_remote_code,
-    )
-    return run_online(trainer, tokenizer, output_dir, dropped, report_to)
-
-
-def train_rloo(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Dataset,
-    reward_model_path: str,
-    cfg: RLOOStageConfig,
-    output_dir: str,
-    *,
-    seed: int,
-    report_to: str = "none",
-    run_name: str = "rloo",
-    trust_remote_code: bool = False,
-) -> dict[str, float]:
-    """Optimise the policy with RLOO against the reward model at ``reward_model_path``; same contract as GRPO's."""
-    trainer, dropped = build_rloo_trainer(
+    trainer, dropped = build_trainer(
         model,
         tokenizer,
         prompts,
