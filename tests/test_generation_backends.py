@@ -3,13 +3,12 @@
 import sys
 
 import pytest
-import torch
+from helpers.tiny_lm import convs, save_tiny_lm
 
 from align.config import BackendSettings, ConfigError, CritiqueReviseConfig, EvalConfig, PreferencesConfig
 from align.config import SamplingSettings as S
 from align.generation import TransformersBackend, build_backend, generation_metrics
 from align.generation.base import shard_bounds
-from align.tiny.model import build_model, build_tokenizer
 
 PROMPTS = [
     "How do I fix a bike?",
@@ -24,21 +23,9 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    tok = build_tokenizer(PROMPTS, 300)
-    model = build_model(tok, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64)
-    with torch.no_grad():  # wider than the default init, so greedy replies differ from prompt to prompt
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.normal_(0, 0.3)
     path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+    model, tok = save_tiny_lm(path, PROMPTS)
     return model, tok, path
-
-
-def convs(prompts):
-    return [[{"role": "user", "content": p}] for p in prompts]
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny):

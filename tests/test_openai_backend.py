@@ -16,13 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
+from helpers.tiny_lm import convs, save_tiny_lm
 
 from align.config import BackendSettings
 from align.config import SamplingSettings as S
 from align.generation import TransformersBackend, build_backend
 from align.generation.openai_backend import OpenAIBackend, ServerError
-from align.tiny.model import build_model, build_tokenizer
 
 pytest.importorskip("fastapi", reason="transformers serve needs the dev extra (fastapi, uvicorn, openai)")
 pytest.importorskip("uvicorn", reason="transformers serve needs the dev extra (fastapi, uvicorn, openai)")
@@ -44,22 +43,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def convs(prompts):
-    return [[{"role": "user", "content": p}] for p in prompts]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    tok = build_tokenizer(PROMPTS, 300)
-    model = build_model(tok, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64)
-    with torch.no_grad():  # wider than the default init, so greedy replies differ from prompt to prompt
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.normal_(0, 0.3)
     path = tmp_path_factory.mktemp("served") / "tiny"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+    save_tiny_lm(path, PROMPTS)
     return path
 
 
