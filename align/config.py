@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -67,8 +68,10 @@ def _convert(value: Any, tp: Any, field: str, where: typing.Callable[[str], str]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where(field)}: expected a mapping, got {value!r}")
-        return dict(value)
+        return {str(k): v for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and hasattr(tp, "from_shorthand"):  # `red_team_prompts: file.jsonl`
+            return tp.from_shorthand(value)
         if not isinstance(value, dict):
             raise ConfigError(f"{where(field)}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return _build(tp, value, field, where)
@@ -175,7 +178,21 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             return f"command line: {field}"
         return _where(source, lines.get(field.split("[")[0]), field)
 
-    return _build(cls, data, "", where)
+    config = _build(cls, data, "", where)
+    object.__setattr__(config, "_locate", where)  # build_section gives sub-configs the same file:line errors
+    return config
+
+
+def build_section(config: Any, cls: type[T], field: str, data: dict | None) -> T:
+    """Build a typed ``cls`` from a free-form mapping of ``config`` (e.g. a world's settings), with the same
+    file:line:field errors as the rest of the file."""
+    where = getattr(config, "_locate", lambda f: f)
+    return _build(cls, dict(data or {}), field, where)
+
+
+def locate(config: Any, field: str) -> str:
+    """``file:line: field`` of a loaded config's field, for errors raised after loading."""
+    return getattr(config, "_locate", lambda f: f)(field)
 
 
 def to_dict(config: Any) -> dict:
@@ -197,6 +214,45 @@ def json_ready(value: Any) -> Any:
 
 
 @dataclass
+class PromptSource:
+    """Where a stage's prompts (or pairs, or SFT conversations) come from: one setting for every source.
+
+    ``path`` is a local file (.jsonl, .json, .csv, .parquet, and .jsonl.gz / .json.gz read like their plain
+    forms), a folder, a ``save_to_disk`` directory, a Hugging Face hub id (``name`` is its config / subset and
+    ``data_dir`` its folder), or a world's own prompts (``tiny:harmful/train``). Rows may be chat ``messages``,
+    ``prompt`` (or ``prompt``/``completion``) columns, or HH-RLHF transcripts; ``column`` picks one explicitly.
+    ``context: full`` keeps the conversation up to its last human turn (the model answers that turn);
+    ``first_turn`` keeps only the first human turn. ``limit`` keeps the first N rows after duplicates are dropped.
+    In YAML a plain string is shorthand: ``red_team_prompts: data/red.jsonl``.
+    """
+
+    path: str
+    split: str = "train"
+    name: str | None = None
+    data_dir: str | None = None
+    column: str | None = None
+    limit: int | None = None
+    context: Literal["first_turn", "full"] = "first_turn"
+
+    @classmethod
+    def from_shorthand(cls, value: str) -> PromptSource:
+        return cls(path=value)
+
+    def __post_init__(self) -> None:
+        if not self.path.strip():
+            raise ConfigError("path must not be empty")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("limit must be >= 1 (or null for every row)")
+
+    def world(self) -> tuple[str, str] | None:
+        """``(world name, selector)`` for a world source such as ``tiny:harmful/train``, else None."""
+        head, sep, tail = self.path.partition(":")
+        if sep and head.isidentifier() and not tail.startswith("//") and not os.path.exists(self.path):
+            return head, tail
+        return None
+
+
+@dataclass
 class LoraSettings:
     """PEFT LoRA; off by default so the tiny model trains all its weights."""
 
@@ -204,12 +260,31 @@ class LoraSettings:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: str = "all-linear"
+    # "all-linear" (every linear layer but the output head, QLoRA's choice) or a list of module names
+    target_modules: list[str] | str = "all-linear"
 
 
 @dataclass
-class TrainSettings:
-    """Optimisation settings shared by every TRL-backed training stage."""
+class ModelLoading:
+    """How a stage loads the model it trains (``from_pretrained`` arguments).
+
+    ``torch_dtype: auto`` is bfloat16 on a GPU that supports it (the precision instruct models are trained and
+    served in) and float32 on CPU, where bfloat16 matmuls are slow. ``load_in_4bit`` is QLoRA (Dettmers et al.
+    2023): NF4 weights with LoRA adapters, GPU only, ``pip install 'align[qlora]'``.
+    """
+
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: str | None = None  # None = transformers' default (sdpa); e.g. flash_attention_2
+    load_in_4bit: bool = False
+
+
+@dataclass
+class TrainSettings(ModelLoading):
+    """Optimisation settings shared by every TRL-backed training stage.
+
+    ``trl`` passes any other argument of the stage's TRL config through unchanged (``max_grad_norm``, ``optim``,
+    ``packing``, ``use_liger_kernel``, ...); keys are checked against TRL's dataclass before any stage runs.
+    """
 
     learning_rate: float = 2e-5
     num_train_epochs: float = 1.0
@@ -227,6 +302,7 @@ class TrainSettings:
     save_steps: int = 500
     save_total_limit: int = 2  # older checkpoints are deleted; 2 so a kill mid-save still leaves a whole one
     lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+    trl: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -239,6 +315,8 @@ class TrainSettings:
             raise ConfigError("per_device_train_batch_size must be >= 1")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError("warmup_ratio must be in [0, 1)")
+        if self.load_in_4bit and not self.lora.enabled:
+            raise ConfigError("load_in_4bit (QLoRA) trains LoRA adapters on frozen 4-bit weights: set lora.enabled")
 
 
 @dataclass
@@ -246,6 +324,18 @@ class SFTStageConfig(TrainSettings):
     """Supervised fine-tuning through TRL's SFTTrainer, loss on assistant tokens only."""
 
     assistant_only_loss: bool = True  # CAI trains on the revisions, not on the red-team prompts
+
+
+@dataclass
+class BaseSFTConfig(SFTStageConfig):
+    """The first stage: the helpful model the chain starts from.
+
+    With ``dataset`` the base model is fine-tuned on it (``messages``, ``prompt``/``completion`` or HH
+    transcripts); without it the base model is used as it is, as the CAI paper and Hugging Face's recipe start
+    from an already-helpful model. A world that builds its own model (``base_model: tiny:base``) trains it here.
+    """
+
+    dataset: PromptSource | None = None
 
 
 @dataclass
@@ -283,10 +373,7 @@ class OnlineRLSettings(TrainSettings):
     are dropped (and counted) before training, as the reward stage drops pairs that are too long.
     """
 
-    prompts: str = "tiny"  # "tiny" (harmful and benign training requests), a local file or directory, or a hub id
-    prompt_column: str | None = None
-    split: str = "train"
-    num_prompts: int | None = None  # None = every prompt
+    prompts: PromptSource | None = None  # None = preferences.prompts (harmful and benign alike)
     learning_rate: float = 1e-6  # TRL's GRPOConfig and RLOOConfig default; DeepSeekMath (Shao et al. 2024) used 1e-6
     num_generations: int = 8
     max_completion_length: int = 256  # TRL defaults to 512; 256 matches SamplingSettings.max_new_tokens
@@ -344,7 +431,7 @@ class RLOOStageConfig(OnlineRLSettings):
 
 
 @dataclass
-class PPOStageConfig:
+class PPOStageConfig(ModelLoading):
     """PPO against the reward model (Ouyang et al. 2022), with the details of Huang et al. 2024.
 
     Per step: ``rollout_batch_size`` prompts per process are answered by the policy and scored; then
@@ -352,10 +439,7 @@ class PPOStageConfig:
     micro-batches) update the policy and value model together.
     """
 
-    prompts: str = "tiny"  # "tiny" (harmful and benign training requests), a local file or directory, or a hub id
-    prompt_column: str | None = None
-    split: str = "train"
-    num_prompts: int | None = None  # None = every prompt
+    prompts: PromptSource | None = None  # None = preferences.prompts (harmful and benign alike)
     learning_rate: float = 3e-6  # Huang et al. 2024 (TL;DR, 1B-6.9B)
     steps: int = 100
     rollout_batch_size: int = 64
@@ -397,29 +481,6 @@ class PPOStageConfig:
             raise ConfigError("gamma and lam must be in [0, 1]")
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0: PPO needs sampled responses")
-
-
-@dataclass
-class TinyWorldConfig:
-    """The world the embedded default trains its own base model on (see align/tiny/world.py)."""
-
-    seed: int = 0
-    # The constitution whose requests the base corpus demonstrates: the tiny model's "pretraining". None =
-    # the recipe's constitution. Pin it to experiment with edits of the recipe's constitution without
-    # retraining the base model (and to let critique-and-revise reuse samples of unchanged principles).
-    constitution: str | None = None
-    holdout_fraction: float = 0.15
-    n_verbs: int | None = None  # None = all; smaller values make a faster world for tests
-    n_objects: int | None = None
-    n_phrasings: int | None = None
-    feedback_fraction: float = 0.5
-    comparison_fraction: float = 0.15
-    vocab_size: int = 1024
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 384
 
 
 @dataclass
@@ -476,24 +537,22 @@ class BackendSettings:
 class PromptLimits:
     """What to do with prompts longer than the model should see; how many were affected goes in the metrics."""
 
-    max_prompt_tokens: int | None = None  # None = no limit; counted in the policy's tokenizer
+    # "auto" = the model's context length less the stage's max_new_tokens; null = no limit (not advised: one
+    # 1 MB prompt then costs minutes per forward pass). Counted in the policy's tokenizer, chat template included.
+    max_prompt_tokens: int | Literal["auto"] | None = "auto"
     overlong: Literal["truncate", "drop"] = "drop"
 
     def __post_init__(self) -> None:
-        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
-            raise ConfigError("max_prompt_tokens must be >= 1 (or null for no limit)")
+        if isinstance(self.max_prompt_tokens, int) and self.max_prompt_tokens < 1:
+            raise ConfigError("max_prompt_tokens must be >= 1, auto, or null for no limit")
 
 
 @dataclass
 class CritiqueReviseConfig:
     """SL-CAI (Bai et al. 2022, section 3): response, then rounds of critique and revision."""
 
-    red_team_prompts: str = "tiny"  # "tiny", a local file or directory, or a datasets hub id
-    helpful_prompts: str = "tiny"  # helpful prompts mixed into SFT so the model keeps helping
-    prompt_column: str | None = None
-    split: str = "train"
-    num_red_team: int | None = None  # None = every prompt; from the tiny world, a seeded sample
-    num_helpful: int | None = None
+    red_team_prompts: PromptSource | None = None  # required: the prompts whose answers are critiqued and revised
+    helpful_prompts: PromptSource | None = None  # answered as they are and mixed into SFT so the model keeps helping
     rounds: int = 1  # the paper uses up to 4 revisions; one already gives most of the gain
     use_few_shot: bool = True
     feedback_model: str | None = None  # None = the SFT model critiques and revises itself, as in the paper
@@ -521,20 +580,16 @@ class PreferencesConfig:
     """Preference pairs: revision-vs-original, or RL-CAI AI labels (Bai et al. 2022, section 4)."""
 
     mode: Literal["revision_pairs", "ai_feedback"] = "revision_pairs"
-    prompts: str = "tiny"  # for ai_feedback: "tiny", a local file or directory, or a datasets hub id
-    prompt_column: str | None = None
-    split: str = "train"
-    num_prompts: int | None = None  # None = every prompt
+    prompts: PromptSource | None = None  # ai_feedback: harmful and benign prompts (labels must reward help too)
     # Where the two responses of a pair come from. The paper samples both from the SL-CAI model;
     # "sft_and_sl_cai" draws one from each, which gives pairs that differ when SL-CAI always agrees with itself.
     pair_from: Literal["sl_cai", "sft_and_sl_cai"] = "sl_cai"
     feedback_model: str | None = None  # None = the helpful SFT model labels, as in the paper
     # Helpfulness comparisons mixed into the pairs, as RL-CAI mixes human helpfulness labels with AI harmlessness
     # labels (Bai et al. 2022, section 4.1): without them a reward model never sees a refusal of a benign
-    # request lose, and PPO learns to refuse everything. "tiny" = the tiny world's helpful answer over its
-    # refusal, for benign training requests; else a local file or hub dataset of prompt/chosen/rejected rows.
-    helpfulness: str | None = None
-    num_helpfulness: int | None = None  # None = every row (or every benign training request)
+    # request lose, and PPO learns to refuse everything. A file or hub dataset of prompt/chosen/rejected rows
+    # (HH-RLHF's helpful-base, say), or a world's pairs (``tiny:helpfulness``).
+    helpfulness: PromptSource | None = None
     num_principles: int = 4  # principles sampled per pair and ensembled (the paper ensembles over 16)
     both_orders: bool = True  # ask with (A)/(B) swapped too and average, cancelling position bias
     chain_of_thought: bool = False  # reason first, then read the answer; probabilities clamped to [0.4, 0.6]
@@ -563,8 +618,22 @@ class PreferencesConfig:
 
 @dataclass
 class EvalConfig:
-    """Held-out evaluation of every model of the run, judged by the reference judge."""
+    """Evaluation of every model of the run (the base, SL-CAI and each finished optimiser model).
 
+    Suites, any subset: ``harmful_prompts`` (refusal and harmful-compliance rates), ``benign_prompts``
+    (helpfulness and over-refusal), ``over_refusal`` (XSTest's layout: ``prompt``, ``type``, ``label``
+    safe|unsafe), ``hhh`` (HHH multiple choice: the CAI paper's layout or BIG-bench's) and, with ``pairwise``,
+    each model's answers against the base model's, judged by the feedback model in both orders (win rates and
+    Elo, the CAI paper's Figure 2 view). A world (the tiny one) adds its held-out suites and its reference judge.
+    """
+
+    harmful_prompts: PromptSource | None = None
+    benign_prompts: PromptSource | None = None
+    over_refusal: PromptSource | None = None
+    hhh: PromptSource | None = None
+    pairwise: bool = True
+    num_principles: int = 4  # constitution principles per pairwise comparison (both orders each)
+    feedback_model: str | None = None  # the pairwise and feedback judge; None = the helpful (sft) model
     max_new_tokens: int = 64
     batch_size: int = 64
     backend: BackendSettings = dataclasses.field(default_factory=BackendSettings)
@@ -573,6 +642,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.shard_size < 1:
             raise ConfigError("shard_size must be >= 1")
+        if self.num_principles < 1:
+            raise ConfigError("num_principles must be >= 1")
         if self.backend.kind == "openai":
             raise ConfigError(
                 "backend.kind openai: eval generates with the run's own checkpoints, which no server serves; "
@@ -582,18 +653,22 @@ class EvalConfig:
 
 @dataclass
 class RecipeConfig:
-    """The whole CAI chain: sft -> critique_revise -> sft_cai -> dpo -> eval."""
+    """The whole CAI chain: sft -> critique_revise -> sft_cai -> preferences -> reward -> dpo|ppo|grpo|rloo -> eval."""
 
     run_name: str = "cai"
     output_dir: str = "runs"
     seed: int = 42
     constitution: str = "constitutions/harmless.yaml"
-    base_model: str = "tiny"  # "tiny" trains the tiny world's model; else a local path or hub id
+    # Any causal LM with a chat template: a hub id (needs the network, or the model in the HF cache), a local
+    # directory, or a world's own model (``tiny:base``, which the tiny world trains from scratch).
+    base_model: str | None = None
+    # A world plug-in (align/worlds.py): ``{kind: tiny, ...its settings}``. It provides prompt sources
+    # (``tiny:harmful/train``), helpfulness pairs, held-out suites and a reference judge. Real data needs none.
+    world: dict[str, Any] | None = None
     trust_remote_code: bool = False
     report_to: Literal["none", "wandb", "tensorboard"] = "none"
     wandb_upload_models: bool = False  # models are logged as references to their directory unless this is on
-    tiny: TinyWorldConfig = dataclasses.field(default_factory=TinyWorldConfig)
-    sft: SFTStageConfig = dataclasses.field(default_factory=SFTStageConfig)
+    sft: BaseSFTConfig = dataclasses.field(default_factory=BaseSFTConfig)
     critique_revise: CritiqueReviseConfig = dataclasses.field(default_factory=CritiqueReviseConfig)
     sft_cai: SFTStageConfig = dataclasses.field(default_factory=SFTStageConfig)
     preferences: PreferencesConfig = dataclasses.field(default_factory=PreferencesConfig)
@@ -605,3 +680,64 @@ class RecipeConfig:
     grpo: GRPOStageConfig = dataclasses.field(default_factory=GRPOStageConfig)
     rloo: RLOOStageConfig = dataclasses.field(default_factory=RLOOStageConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if not self.base_model:
+            raise ConfigError("base_model is required: a hub id, a local model directory, or a world's model")
+        if self.world is not None and not isinstance(self.world.get("kind"), str):
+            raise ConfigError("world.kind is required (the name of a world plug-in, e.g. tiny)")
+        if self.optimizer != "dpo" and self.reward is None:
+            raise ConfigError(f"optimizer {self.optimizer} trains against a reward model; add a reward: section")
+
+    def sources(self) -> dict[str, PromptSource]:
+        """Every prompt or pair source of the run by its config field, for checks before any stage runs."""
+        online = getattr(self, self.optimizer, None)
+        found = {
+            "sft.dataset": self.sft.dataset,
+            "critique_revise.red_team_prompts": self.critique_revise.red_team_prompts,
+            "critique_revise.helpful_prompts": self.critique_revise.helpful_prompts,
+            "preferences.prompts": self.preferences.prompts if self.preferences.mode == "ai_feedback" else None,
+            "preferences.helpfulness": self.preferences.helpfulness,
+            f"{self.optimizer}.prompts": getattr(online, "prompts", None),
+            "eval.harmful_prompts": self.eval.harmful_prompts,
+            "eval.benign_prompts": self.eval.benign_prompts,
+            "eval.over_refusal": self.eval.over_refusal,
+            "eval.hhh": self.eval.hhh,
+        }
+        return {field: source for field, source in found.items() if source is not None}
+
+
+def apply_limit(config: RecipeConfig, limit: int) -> RecipeConfig:
+    """A dry run of ``config``: every source keeps at most ``limit`` rows and every training stage at most ``limit``
+    optimiser steps, in its own run directory (``<run_name>-limit<N>``), so a new config can be tried end to end in
+    minutes before it spends GPU hours."""
+    if limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    config = dataclasses.replace(config, run_name=f"{config.run_name}-limit{limit}")
+    object.__setattr__(config, "_locate", getattr(config, "_locate", lambda f: f))
+
+    def cap(source: PromptSource | None) -> PromptSource | None:
+        return None if source is None else dataclasses.replace(source, limit=min(source.limit or limit, limit))
+
+    def steps(section: TrainSettings) -> TrainSettings:
+        return dataclasses.replace(section, max_steps=limit if section.max_steps < 1 else min(section.max_steps, limit))
+
+    cr, prefs, ev = config.critique_revise, config.preferences, config.eval
+    config.critique_revise = dataclasses.replace(
+        cr, red_team_prompts=cap(cr.red_team_prompts), helpful_prompts=cap(cr.helpful_prompts)
+    )
+    config.preferences = dataclasses.replace(prefs, prompts=cap(prefs.prompts), helpfulness=cap(prefs.helpfulness))
+    config.eval = dataclasses.replace(
+        ev,
+        **{k: cap(getattr(ev, k)) for k in ("harmful_prompts", "benign_prompts", "over_refusal", "hhh")},
+    )
+    config.sft = dataclasses.replace(steps(config.sft), dataset=cap(config.sft.dataset))
+    config.sft_cai = steps(config.sft_cai)
+    config.dpo = steps(config.dpo)
+    if config.reward is not None:
+        config.reward = steps(config.reward)
+    for name in ("grpo", "rloo"):
+        section = getattr(config, name)
+        setattr(config, name, dataclasses.replace(steps(section), prompts=cap(section.prompts)))
+    config.ppo = dataclasses.replace(config.ppo, steps=min(config.ppo.steps, limit), prompts=cap(config.ppo.prompts))
+    return config

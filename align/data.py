@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import hashlib
 import json
 import os
@@ -65,62 +66,119 @@ def load_prompts(
     return prompts
 
 
-def load_records(source: str, *, split: str = "train") -> datasets.Dataset:
+def load_records(
+    source: str, *, split: str = "train", name: str | None = None, data_dir: str | None = None
+) -> datasets.Dataset:
     """Load raw rows from a local file, a ``save_to_disk`` directory, or a hub id / dataset script.
 
     A single local file is one split by construction, so `split` only selects among the splits of a
-    saved DatasetDict or of a hub dataset.
+    saved DatasetDict or of a hub dataset; ``name`` (a config / subset) and ``data_dir`` apply to hub
+    datasets and folders of data files. Gzipped files (``.jsonl.gz``) read like their plain forms.
     """
     import datasets
 
     path = _local_path(source)
     if path is None or path.suffix == ".py":
-        return datasets.load_dataset(source, split=split)
+        try:
+            return datasets.load_dataset(source, name=name, data_dir=data_dir, split=split)
+        except (ConnectionError, OSError, ValueError) as err:  # no network, unknown id, unknown split
+            raise DataError(
+                f"{source}: cannot load this hub dataset ({str(err).splitlines()[0][:200]}); with no network, "
+                "download it elsewhere and pass a local file or folder"
+            ) from None
     if path.is_dir():
         if not ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
-            return datasets.load_dataset(str(path), split=split)  # a folder of data files
+            return datasets.load_dataset(str(path), data_dir=data_dir, split=split)  # a folder of data files
         saved = datasets.load_from_disk(str(path))
         if isinstance(saved, datasets.DatasetDict):
             if split not in saved:
                 raise DataError(f"{source}: no split {split!r}; splits found: {sorted(saved)}")
             return saved[split]
         return saved
-    builder = FILE_BUILDERS.get(path.suffix.lower())
+    suffixes = [x.lower() for x in path.suffixes]
+    plain = suffixes[-2] if suffixes[-1:] == [".gz"] and len(suffixes) > 1 else suffixes[-1] if suffixes else ""
+    builder = FILE_BUILDERS.get(plain)
     if builder is None:
-        raise DataError(f"{source}: unsupported extension {path.suffix!r}; supported: {', '.join(FILE_BUILDERS)}")
+        supported = ", ".join([*FILE_BUILDERS, ".jsonl.gz", ".json.gz", ".csv.gz"])
+        raise DataError(f"{source}: unsupported extension {''.join(path.suffixes)!r}; supported: {supported}")
     # keep_default_na=False: a CSV prompt reading "NA" or "null" stays text instead of becoming None.
     kwargs = {"keep_default_na": False} if builder == "csv" else {}
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as err:  # datasets reports an empty file as StopIteration, ValueError, ...
-        with open(path, "rb") as f:
-            blank = not f.read(1 << 16).strip()
+        opener = gzip.open if suffixes[-1:] == [".gz"] else open
+        try:
+            with opener(path, "rb") as f:
+                blank = not f.read(1 << 16).strip()
+        except OSError:  # not gzip after all
+            blank = False
         if blank or "corresponds to no data" in str(err):
             raise DataError(f"{source}: empty prompt file (no rows)") from err
         raise DataError(f"{source}: cannot read as {builder}: {err.__cause__ or err}") from err
 
 
-def load_preference_pairs(source: str, *, split: str = "train", limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of ``prompt``, ``chosen`` and ``rejected`` (strings or chat messages) as conversational pairs."""
-    ds = load_records(source, split=split)
-    missing = [c for c in ("prompt", "chosen", "rejected") if c not in ds.column_names]
+def load_preference_pairs(
+    source: str,
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    name: str | None = None,
+    data_dir: str | None = None,
+    context: str = "first_turn",
+) -> list[dict[str, Any]]:
+    """Conversational pairs from rows of ``prompt``, ``chosen`` and ``rejected`` (strings or chat messages), or
+    of HH-RLHF's ``chosen`` and ``rejected`` transcripts, whose shared turns are the prompt.
+
+    ``context: full`` keeps the whole conversation before the compared answers; ``first_turn`` its first human turn.
+    """
+    ds = load_records(source, split=split, name=name, data_dir=data_dir)
+    hh = "prompt" not in ds.column_names and {"chosen", "rejected"} <= set(ds.column_names)
+    missing = [c for c in ("prompt", "chosen", "rejected") if c not in ds.column_names and not hh]
     if missing:
-        raise DataError(f"{source}: preference pairs need columns prompt, chosen, rejected; missing {missing}")
+        raise DataError(
+            f"{source}: preference pairs need columns prompt, chosen, rejected (or HH-RLHF's chosen and rejected "
+            f"transcripts); missing {missing}"
+        )
     rows = []
     for i, row in enumerate(ds.select(range(min(limit, len(ds)))) if limit is not None else ds, start=1):
         try:
-            prompt = prompt_from_row(row, column="prompt")
-            chosen, rejected = (_reply(row[key], key) for key in ("chosen", "rejected"))
+            if hh:
+                prompt, chosen, rejected = _hh_pair(row["chosen"], row["rejected"])
+                if context != "full":
+                    prompt = prompt[:1] if prompt[0]["role"] == "user" else [_first_user(prompt)]
+            else:
+                prompt = conversation_from_row(row, column="prompt", context=context)
+                chosen, rejected = (_reply(row[key], key) for key in ("chosen", "rejected"))
         except DataError as err:
             raise DataError(f"{source}: row {i}: {err}") from None
         rows.append(
             {
-                "prompt": [{"role": "user", "content": prompt}],
+                "prompt": prompt,
                 "chosen": [{"role": "assistant", "content": chosen}],
                 "rejected": [{"role": "assistant", "content": rejected}],
             }
         )
     return rows
+
+
+def _hh_pair(chosen: Any, rejected: Any) -> tuple[list[dict[str, str]], str, str]:
+    """(shared conversation, chosen answer, rejected answer) of an HH-RLHF pair of transcripts."""
+    turns = []
+    for field, value in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(value, str):
+            raise _type_error(field, "an HH-RLHF transcript string", value)
+        try:
+            turns.append(parse_hh_transcript(value))
+        except DataError as err:
+            raise DataError(f"field {field!r}: {err}") from None
+    (*context_c, last_c), (*context_r, last_r) = turns
+    if last_c["role"] != "assistant" or last_r["role"] != "assistant" or context_c != context_r or not context_c:
+        raise DataError("chosen and rejected transcripts must share their turns up to a final assistant answer")
+    return context_c, _stripped(last_c["content"], "chosen"), _stripped(last_r["content"], "rejected")
+
+
+def _first_user(messages: list[dict[str, str]]) -> dict[str, str]:
+    return next(m for m in messages if m["role"] == "user")
 
 
 def _reply(value: Any, field: str) -> str:
@@ -134,26 +192,75 @@ def _reply(value: Any, field: str) -> str:
 
 
 def prompt_from_row(row: dict[str, Any], *, column: str | None = None) -> str:
-    """Detect the row's format and return its first user turn, stripped.
+    """Detect the row's format and return its first user turn, stripped."""
+    return conversation_from_row(row, column=column)[-1]["content"]
 
-    Columns are tried in the order messages, prompt, chosen, text, transcript, so a preference row
-    (prompt/chosen/rejected) yields its prompt. The first of them holding a value wins, which lets a
-    JSONL file mix formats row by row.
-    """
+
+def prompt_column(row: dict[str, Any], column: str | None = None) -> str:
+    """The column a row's prompt is read from: ``column``, or the first of messages, prompt, chosen, text,
+    transcript holding a value (so a preference row prompt/chosen/rejected yields its prompt, and a JSONL file
+    may mix formats row by row)."""
     if column is not None:
         if column not in row:
             raise DataError(f"field {column!r} not found; columns found: {sorted(row)}")
-        return _prompt_from_value(row[column], column)
+        return column
     present = [c for c in ACCEPTED_COLUMNS if c in row]
     if not present:
         raise DataError(
             f"no recognised prompt column; columns found: {sorted(row)}; accepted: messages, prompt, "
             "chosen/text/transcript (HH-RLHF transcript), or pass column="
         )
-    name = next((c for c in present if row[c] is not None), present[0])
-    if name == "messages" and not isinstance(row[name], list):
-        raise _type_error(name, "a list of {role, content} messages", row[name])
-    return _prompt_from_value(row[name], name, transcript=name in TRANSCRIPT_COLUMNS)
+    return next((c for c in present if row[c] is not None), present[0])
+
+
+def conversation_from_row(
+    row: dict[str, Any], *, column: str | None = None, context: str = "first_turn"
+) -> list[dict[str, str]]:
+    """The conversation a row asks the model to continue, ending with a user turn.
+
+    ``first_turn``: the first user turn alone (what CAI's red-team prompts are). ``full``: every turn up to the
+    last user turn, a leading system turn included, so the model answers the conversation's last request (most
+    HH-RLHF red-team transcripts are multi-turn). Messages are stripped; an empty one is an error.
+    """
+    name = prompt_column(row, column)
+    value = row[name]
+    if name == "messages" and not isinstance(value, list):
+        raise _type_error(name, "a list of {role, content} messages", value)
+    if isinstance(value, list):
+        messages = _messages(value, name)
+    elif not isinstance(value, str):
+        raise _type_error(name, "a string or a list of messages", value)
+    elif (column is None and name in TRANSCRIPT_COLUMNS) or _HH_START.match(value):
+        try:
+            messages = parse_hh_transcript(value)
+        except DataError as err:
+            hint = "" if _HH_START.match(value) else " (pass column= to read it as a plain prompt)"
+            raise DataError(f"field {name!r}: {err}{hint}") from None
+        speaker = {"user": "Human", "assistant": "Assistant"}
+        messages = [
+            {**m, "content": _stripped(m["content"], f"{name} ({speaker[m['role']]} turn {k})")}
+            for k, m in enumerate(messages, start=1)
+        ]
+    else:
+        return [{"role": "user", "content": _stripped(value, name)}]
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    if not users:
+        raise DataError(f"field {name!r} has no user message (roles: {[m['role'] for m in messages]})")
+    if context == "full":
+        return messages[: users[-1] + 1]
+    return [messages[users[0]]]
+
+
+def _messages(value: list[Any], field: str) -> list[dict[str, str]]:
+    out = []
+    for j, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise _type_error(f"{field}[{j}]", "a {role, content} dict", message)
+        role = message.get("role")
+        if role not in ("system", "user", "assistant"):
+            raise DataError(f"field {field}[{j}].role must be system, user or assistant, got {role!r}")
+        out.append({"role": role, "content": _stripped(message.get("content"), f"{field}[{j}].content")})
+    return out
 
 
 def parse_hh_transcript(text: str) -> list[dict[str, str]]:
@@ -283,32 +390,6 @@ def _local_path(source: str) -> Path | None:
     return None
 
 
-def _prompt_from_value(value: Any, field: str, *, transcript: bool = False) -> str:
-    if isinstance(value, list):
-        return _first_user_content(value, field)
-    if not isinstance(value, str):
-        raise _type_error(field, "a string or a list of messages", value)
-    if not (transcript or _HH_START.match(value)):
-        return _stripped(value, field)
-    try:
-        turns = parse_hh_transcript(value)
-    except DataError as err:
-        hint = "" if _HH_START.match(value) else " (pass column= to read it as a plain prompt)"
-        raise DataError(f"field {field!r}: {err}{hint}") from None
-    first = next(t for t in turns if t["role"] == "user")
-    return _stripped(first["content"], f"{field} (first Human turn)")
-
-
-def _first_user_content(messages: list[Any], field: str) -> str:
-    for j, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise _type_error(f"{field}[{j}]", "a {role, content} dict", message)
-        if message.get("role") == "user":
-            return _stripped(message.get("content"), f"{field}[{j}].content")
-    roles = [m.get("role") for m in messages]
-    raise DataError(f"field {field!r} has no user message (roles: {roles})")
-
-
 def _stripped(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise _type_error(field, "a string", value)
@@ -320,33 +401,3 @@ def _stripped(value: Any, field: str) -> str:
 def _type_error(field: str, expected: str, value: Any) -> DataError:
     got = "null/missing" if value is None else type(value).__name__
     return DataError(f"field {field!r} must be {expected}, got {got}")
-
-
-def limit_prompt_length(
-    prompts: list[str], tokenizer: Any, max_tokens: int | None, rule: str, where: str
-) -> tuple[list[str], dict[str, int]]:
-    """Apply a prompt-length limit: overlong prompts are truncated to ``max_tokens`` or dropped (``rule``).
-
-    Why a rule rather than an error: real prompt sets have a long tail, and one 20k-token prompt should not
-    stop a run, nor silently blow up a batch. Returns the prompts and the counts the stage puts in its
-    metrics. ``where`` (the config field, e.g. ``critique_revise.red_team_prompts``) names the source if
-    nothing is left.
-    """
-    counts = {"prompts_overlong": 0, "prompts_truncated": 0, "prompts_dropped": 0}
-    if max_tokens is None:
-        return list(prompts), counts
-    kept = []
-    for prompt in prompts:
-        ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        if len(ids) <= max_tokens:
-            kept.append(prompt)
-            continue
-        counts["prompts_overlong"] += 1
-        if rule == "drop":
-            counts["prompts_dropped"] += 1
-        else:
-            kept.append(tokenizer.decode(ids[:max_tokens], skip_special_tokens=True).strip())
-            counts["prompts_truncated"] += 1
-    if prompts and not kept:
-        raise DataError(f"{where}: every prompt is longer than max_prompt_tokens={max_tokens} and was dropped")
-    return kept, counts

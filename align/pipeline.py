@@ -88,6 +88,16 @@ class Stage:
     def output_id(self) -> str:
         return self.manifest.get("output_id", "")
 
+    def record(self, result: Any) -> None:
+        """Take a stage function's result (:class:`align.stages.Result`): its metrics and tracker tables."""
+        self.metrics, self.tables = result.metrics, result.tables
+
+    @property
+    def model_name(self) -> str:
+        """What generation provenance calls this stage's model: its directory and output id, so samples are
+        never reused across retrained weights."""
+        return f"{self.path.parent}/{self.name}@{self.output_id}"
+
     @property
     def out(self) -> Path:
         """The directory holding this stage's files: the final one if done, the work one while running."""

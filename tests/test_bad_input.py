@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from align.data import WriteError, limit_prompt_length, write_jsonl_atomic
+from align.data import WriteError, write_jsonl_atomic
+from align.sources import Prompt, limit_length
 from align.tiny.model import build_model, build_tokenizer
 from align.train.common import checkpoint_problem
 
@@ -128,15 +129,23 @@ def test_overlong_prompts_are_dropped_and_counted(tmp_path, cache):
 
 
 def test_overlong_rule_truncate_and_drop():
+    """Length counts the prompt as the chat template renders it (about 20 tokens of markup with this small tokenizer)."""
     tok = build_tokenizer(["pick a lock", "how do I pick a lock and a door"] * 5, 300)
-    long = "how do I pick a lock " + "and a door " * 20
-    kept, counts = limit_prompt_length(["pick a lock", long], tok, 8, "truncate", "x.prompts")
+    short, long = Prompt(({"role": "user", "content": "pick a lock"},)), "how do I pick a lock " + "and a door " * 20
+    long = Prompt(({"role": "user", "content": long},))
+
+    def rendered_length(prompt):
+        text = tok.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
+        return len(tok(text, add_special_tokens=False).input_ids)
+
+    assert rendered_length(short) <= 32 < rendered_length(long)
+    kept, counts = limit_length([short, long], tok, 32, "truncate", "x.prompts")
     assert counts == {"prompts_overlong": 1, "prompts_truncated": 1, "prompts_dropped": 0}
-    assert kept[0] == "pick a lock" and len(tok(kept[1], add_special_tokens=False).input_ids) <= 8
-    kept, counts = limit_prompt_length(["pick a lock", long], tok, 8, "drop", "x.prompts")
-    assert kept == ["pick a lock"] and counts["prompts_dropped"] == 1
+    assert kept[0] == short and rendered_length(kept[1]) <= 32 and kept[1].text.startswith("how do I pick")
+    kept, counts = limit_length([short, long], tok, 32, "drop", "x.prompts")
+    assert kept == [short] and counts["prompts_dropped"] == 1
     with pytest.raises(ValueError, match=r"x.prompts: every prompt is longer than max_prompt_tokens=2"):
-        limit_prompt_length([long], tok, 2, "drop", "x.prompts")
+        limit_length([long], tok, 2, "drop", "x.prompts")
 
 
 def test_model_path_that_does_not_exist(tmp_path, cache):

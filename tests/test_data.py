@@ -123,13 +123,14 @@ def test_save_to_disk_dataset_and_dataset_dict(tmp_path):
 def test_hub_id_goes_to_load_dataset(monkeypatch):
     calls = []
 
-    def fake_load_dataset(path, split):
-        calls.append((path, split))
+    def fake_load_dataset(path, split, name=None, data_dir=None):  # the hub cannot be reached from here
+        calls.append((path, split, name, data_dir))
         return datasets.Dataset.from_dict({"chosen": [HH_ONE]})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert load_prompts("Anthropic/hh-rlhf", split="test") == ["How do I bake bread?"]
-    assert calls == [("Anthropic/hh-rlhf", "test")]
+    assert load_records("Anthropic/hh-rlhf", split="test", data_dir="harmless-base")[0]["chosen"] == HH_ONE
+    assert calls == [("Anthropic/hh-rlhf", "test", None, None), ("Anthropic/hh-rlhf", "test", None, "harmless-base")]
 
 
 def test_column_override(tmp_path):
@@ -217,7 +218,7 @@ def test_empty_file(tmp_path, name, content):
 
 def test_empty_hub_dataset(monkeypatch):
     # (an empty save_to_disk dataset cannot be loaded back by datasets 5.2 itself, so use the hub path)
-    monkeypatch.setattr(datasets, "load_dataset", lambda path, split: datasets.Dataset.from_dict({"prompt": []}))
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, split, **kwargs: datasets.Dataset.from_dict({"prompt": []}))
     with pytest.raises(DataError, match="org/red-team: empty prompt file"):
         load_prompts("org/red-team")
 
@@ -250,7 +251,7 @@ def test_empty_user_message_names_the_message(tmp_path):
 
 def test_empty_first_human_turn(tmp_path):
     src = jsonl(tmp_path / "hh.jsonl", [{"chosen": HH_ONE}, {"chosen": "\n\nHuman: \n\nAssistant: hi"}])
-    with pytest.raises(DataError, match=r"hh\.jsonl: row 2: field 'chosen \(first Human turn\)' is empty"):
+    with pytest.raises(DataError, match=r"hh\.jsonl: row 2: field 'chosen \(Human turn 1\)' is empty"):
         load_prompts(src)
 
 

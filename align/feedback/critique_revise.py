@@ -17,6 +17,7 @@ from a full run, so they are statistically, not bitwise, the same as a fresh run
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -26,10 +27,27 @@ from align.config import CritiqueReviseConfig
 from align.feedback import prompts
 from align.generation.base import Backend, generate_sharded
 
+Conversation = list[dict[str, str]]
 
-def _check_prompts(items: Sequence[str], what: str) -> None:
-    for i, p in enumerate(items):
-        if not isinstance(p, str) or not p.strip():
+
+def as_conversation(prompt: str | Sequence[dict[str, str]]) -> Conversation:
+    """A prompt as the conversation the model answers: a bare string is one user turn."""
+    return [prompts.user(prompt)] if isinstance(prompt, str) else [dict(m) for m in prompt]
+
+
+def prompt_key(conversation: Sequence[dict[str, str]]) -> str:
+    """What identifies a prompt for principle draws and reuse: its text when it is one user turn (so draws stay
+    those of a plain prompt list), else the whole conversation."""
+    if len(conversation) == 1:
+        return conversation[0]["content"]
+    return json.dumps(list(conversation), sort_keys=True, ensure_ascii=False)
+
+
+def _check_prompts(items: Sequence[Conversation], what: str) -> None:
+    for i, conversation in enumerate(items):
+        if not conversation or not all(isinstance(m.get("content"), str) for m in conversation):
+            raise ValueError(f"{what} prompt {i} is not a conversation")
+        if conversation[-1]["role"] != "user" or not conversation[-1]["content"].strip():
             raise ValueError(f"{what} prompt {i} is empty")
 
 
@@ -74,8 +92,8 @@ def critique_and_revise(
     policy: Backend,
     feedback: Backend,
     constitution,
-    red_team: Sequence[str],
-    helpful: Sequence[str],
+    red_team: Sequence[str | Conversation],
+    helpful: Sequence[str | Conversation],
     cfg: CritiqueReviseConfig,
     seed: int,
     previous: Sequence[dict[str, Any]] = (),
@@ -92,21 +110,24 @@ def critique_and_revise(
     accelerate processes; a shard made by one process passes :func:`align.shards.local_generate`.
     """
     gen_seed = seed if generation_seed is None else generation_seed
+    red_team = [as_conversation(p) for p in red_team]
+    helpful = [as_conversation(p) for p in helpful]
     _check_prompts(red_team, "red-team")
     _check_prompts(helpful, "helpful")
     few_shot = constitution.few_shot if cfg.use_few_shot else ()
     sampling = cfg.sampling
     key = reuse_key(policy, feedback, constitution, cfg, seed)
-    old = {(r["kind"], r["prompt"]): r for r in previous}
+    old = {(r["kind"], prompt_key(r.get("messages") or [prompts.user(r["prompt"])])): r for r in previous}
 
-    plans = [[choose_principle(constitution, seed, p, k) for k in range(cfg.rounds)] for p in red_team]
-    olds = [old.get(("red_team", p)) for p in red_team]
+    red_keys = [prompt_key(c) for c in red_team]
+    plans = [[choose_principle(constitution, seed, p, k) for k in range(cfg.rounds)] for p in red_keys]
+    olds = [old.get(("red_team", p)) for p in red_keys]
     kept = [_reusable_rounds(o, plan, key) for o, plan in zip(olds, plans)]
 
     # Initial responses: reused unless the record is new or was made under another key.
     initial = [o["initial_response"] if k >= 0 else None for o, k in zip(olds, kept)]
     todo = [i for i, k in enumerate(kept) if k < 0]
-    fresh = generate(policy, [[prompts.user(red_team[i])] for i in todo], sampling, gen_seed, "responses")
+    fresh = generate(policy, [red_team[i] for i in todo], sampling, gen_seed, "responses")
     for i, r in zip(todo, fresh):
         initial[i] = r
     kept = [max(k, 0) for k in kept]
@@ -118,7 +139,7 @@ def critique_and_revise(
         if not active:
             continue
         # Each round critiques the latest revision as if it had been the original answer.
-        histories = [[prompts.user(red_team[i]), prompts.assistant(latest[i])] for i in active]
+        histories = [[*red_team[i], prompts.assistant(latest[i])] for i in active]
         chosen = [plans[i][k] for i in active]
         critiques = generate(
             feedback,
@@ -150,10 +171,10 @@ def critique_and_revise(
             )
             latest[i] = r
 
-    old_helpful = [old.get(("helpful", p)) for p in helpful]
+    old_helpful = [old.get(("helpful", prompt_key(c))) for c in helpful]
     helpful_responses = [o["initial_response"] if o and o.get("reuse_key") == key else None for o in old_helpful]
     todo = [i for i, r in enumerate(helpful_responses) if r is None]
-    fresh = generate(policy, [[prompts.user(helpful[i])] for i in todo], sampling, gen_seed + 999, "helpful responses")
+    fresh = generate(policy, [helpful[i] for i in todo], sampling, gen_seed + 999, "helpful responses")
     for i, r in zip(todo, fresh):
         helpful_responses[i] = r
 
@@ -175,12 +196,13 @@ def critique_and_revise(
         "reuse_key": key,
     }
     records = []
-    for i, (prompt, response) in enumerate(zip(red_team, initial)):
+    for i, (conversation, response) in enumerate(zip(red_team, initial)):
         records.append(
             {
                 "id": f"red-{i}",
                 "kind": "red_team",
-                "prompt": prompt,
+                "prompt": conversation[-1]["content"],
+                **_context(conversation),
                 "initial_response": response,
                 "rounds": rounds[i],
                 "principle_ids": [r["principle_id"] for r in rounds[i]],
@@ -189,12 +211,13 @@ def critique_and_revise(
                 **provenance,
             }
         )
-    for i, (prompt, response) in enumerate(zip(helpful, helpful_responses)):
+    for i, (conversation, response) in enumerate(zip(helpful, helpful_responses)):
         records.append(
             {
                 "id": f"help-{i}",
                 "kind": "helpful",
-                "prompt": prompt,
+                "prompt": conversation[-1]["content"],
+                **_context(conversation),
                 "initial_response": response,
                 "rounds": [],
                 "principle_ids": [],
@@ -212,10 +235,20 @@ def critique_and_revise(
     return records, counts
 
 
+def _context(conversation: Conversation) -> dict[str, Any]:
+    """A multi-turn prompt keeps its whole conversation in the record; a single turn is just ``prompt``."""
+    return {"messages": conversation} if len(conversation) > 1 else {}
+
+
+def record_prompt(record: dict[str, Any]) -> Conversation:
+    """The conversation a record's responses answer."""
+    return record.get("messages") or [prompts.user(record["prompt"])]
+
+
 def sft_view(records: Sequence[dict]) -> list[dict]:
     """Prompt + final revision for red-team prompts, prompt + response for helpful ones (paper's SL-CAI mix)."""
     return [
-        {"messages": [prompts.user(r["prompt"]), prompts.assistant(r["final_response"])]}
+        {"messages": [*record_prompt(r), prompts.assistant(r["final_response"])]}
         for r in records
         if r["final_response"].strip()
     ]
@@ -225,7 +258,7 @@ def preference_view(records: Sequence[dict]) -> list[dict]:
     """Final revision preferred over the initial response; pairs where the revision changed nothing are dropped."""
     return [
         {
-            "prompt": [prompts.user(r["prompt"])],
+            "prompt": record_prompt(r),
             "chosen": [prompts.assistant(r["final_response"])],
             "rejected": [prompts.assistant(r["initial_response"])],
             "principle_ids": r["principle_ids"],
@@ -241,8 +274,8 @@ def critique_and_revise_sharded(
     policy: Backend,
     feedback: Backend,
     constitution,
-    red_team: Sequence[str],
-    helpful: Sequence[str],
+    red_team: Sequence[str | Conversation],
+    helpful: Sequence[str | Conversation],
     cfg: CritiqueReviseConfig,
     seed: int,
     directory,
@@ -257,7 +290,12 @@ def critique_and_revise_sharded(
     """
     from align.shards import local_generate, run_sharded, shard_seed
 
-    items = [("red_team", p) for p in red_team] + [("helpful", p) for p in helpful]
+    # a single-turn prompt is kept as its text, so shard hashes do not change with the representation
+    def item(p):
+        conversation = as_conversation(p)
+        return conversation[0]["content"] if len(conversation) == 1 else conversation
+
+    items = [("red_team", item(p)) for p in red_team] + [("helpful", item(p)) for p in helpful]
 
     def process(shard: list, index: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
         red = [p for kind, p in shard if kind == "red_team"]

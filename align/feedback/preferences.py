@@ -75,6 +75,28 @@ def sample_principles(constitution, k: int, rng: random.Random) -> list:
 # Reading option probabilities from a causal LM
 
 
+def option_split(tokenizer, text: str) -> tuple[list[int], int, int]:
+    """(context ids, id of the A token, id of the B token) for a rendered prompt ``text`` awaiting "(A)" or "(B)".
+
+    The prompt is tokenised together with each full answer and the shared token prefix becomes the context, so
+    BPE merges across the boundary cannot hide the option letters.
+    """
+    enc = tokenizer
+    ids_a = enc(text + prompts.comparison_answer("A"), add_special_tokens=False).input_ids
+    ids_b = enc(text + prompts.comparison_answer("B"), add_special_tokens=False).input_ids
+    k = 0
+    while k < min(len(ids_a), len(ids_b)) and ids_a[k] == ids_b[k]:
+        k += 1
+    if k == min(len(ids_a), len(ids_b)):
+        raise ValueError("the tokenizer cannot tell the answers (A) and (B) apart")
+    tok_a, tok_b = enc.decode([ids_a[k]]), enc.decode([ids_b[k]])
+    if "A" not in tok_a or "B" not in tok_b:
+        raise ValueError(
+            f"the tokenizer splits (A) and (B) differently ({tok_a!r} vs {tok_b!r}); cannot read option letters"
+        )
+    return ids_a[:k], ids_a[k], ids_b[k]
+
+
 class OptionScorer:
     """Batched P(A) for multiple-choice conversations, robust to how the tokenizer splits "(A)".
 
@@ -94,20 +116,7 @@ class OptionScorer:
 
     def split(self, text: str) -> tuple[list[int], int, int]:
         """(context ids, id of the A token, id of the B token) for a prompt ``text`` awaiting the answer."""
-        enc = self.tokenizer
-        ids_a = enc(text + prompts.comparison_answer("A"), add_special_tokens=False).input_ids
-        ids_b = enc(text + prompts.comparison_answer("B"), add_special_tokens=False).input_ids
-        k = 0
-        while k < min(len(ids_a), len(ids_b)) and ids_a[k] == ids_b[k]:
-            k += 1
-        if k == min(len(ids_a), len(ids_b)):
-            raise ValueError("the tokenizer cannot tell the answers (A) and (B) apart")
-        tok_a, tok_b = enc.decode([ids_a[k]]), enc.decode([ids_b[k]])
-        if "A" not in tok_a or "B" not in tok_b:
-            raise ValueError(
-                f"the tokenizer splits (A) and (B) differently ({tok_a!r} vs {tok_b!r}); cannot read option letters"
-            )
-        return ids_a[:k], ids_a[k], ids_b[k]
+        return option_split(self.tokenizer, text)
 
     @torch.inference_mode()
     def prob_a(self, texts: Sequence[str], desc: str = "labels") -> list[float]:
@@ -146,9 +155,10 @@ class OptionScorer:
 
 @dataclass
 class Pair:
-    prompt: str
+    prompt: str  # what the comparison question shows: the request, or a multi-turn conversation's transcript
     response_1: str
     response_2: str
+    messages: list[dict[str, str]] | None = None  # the conversation itself, when it has more than one turn
 
 
 def comparison_conversation(pair_prompt: str, a: str, b: str, question: str, cot: str | None = None) -> list:
@@ -217,6 +227,7 @@ def label_pairs(
         rows.append(
             {
                 "prompt": pair.prompt,
+                **({"messages": pair.messages} if pair.messages else {}),
                 "response_1": pair.response_1,
                 "response_2": pair.response_2,
                 "p_first_better": p1,
@@ -233,7 +244,7 @@ def to_preference(row: dict) -> dict:
     first_wins = p >= 0.5
     chosen, rejected = (row["response_1"], row["response_2"]) if first_wins else (row["response_2"], row["response_1"])
     return {
-        "prompt": [prompts.user(row["prompt"])],
+        "prompt": row.get("messages") or [prompts.user(row["prompt"])],
         "chosen": [prompts.assistant(chosen)],
         "rejected": [prompts.assistant(rejected)],
         "label": p if first_wins else 1.0 - p,
@@ -242,7 +253,7 @@ def to_preference(row: dict) -> dict:
 
 
 def ai_feedback_preferences(
-    prompt_texts: Sequence[str],
+    prompt_texts: Sequence[str | list[dict[str, str]]],
     first: Backend,
     second: Backend,
     scorer: OptionScorer,
@@ -259,12 +270,12 @@ def ai_feedback_preferences(
     ``generate`` defaults to splitting the sampling over the accelerate processes; a shard made by one
     process passes :func:`align.shards.local_generate`.
     """
-    convs = [[prompts.user(p)] for p in prompt_texts]
+    convs = [[prompts.user(p)] if isinstance(p, str) else list(p) for p in prompt_texts]
     responses_1 = generate(first, convs, cfg.sampling, seed, "responses 1")
     responses_2 = generate(second, convs, cfg.sampling, seed + 1, "responses 2")
     pairs = [
-        Pair(p, a, b)
-        for p, a, b in zip(prompt_texts, responses_1, responses_2)
+        Pair(prompts.describe(c), a, b, messages=c if len(c) > 1 else None)
+        for c, a, b in zip(convs, responses_1, responses_2)
         if a.strip() and b.strip() and a.strip() != b.strip()
     ]
     labels = label_pairs(
@@ -298,7 +309,7 @@ def ai_feedback_preferences(
 
 
 def ai_feedback_preferences_sharded(
-    prompt_texts: Sequence[str],
+    prompt_texts: Sequence[str | list[dict[str, str]]],
     first: Backend,
     second: Backend,
     scorer: OptionScorer,

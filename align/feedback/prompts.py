@@ -47,6 +47,14 @@ def revision_messages(
     ]
 
 
+def describe(conversation: Sequence[Message]) -> str:
+    """A prompt as a comparison question shows it: the request itself, or a multi-turn conversation's transcript."""
+    turns = [m for m in conversation if m["role"] != "system"]
+    if len(turns) == 1:
+        return turns[0]["content"]
+    return "\n".join(f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in turns)
+
+
 def comparison_messages(prompt: str, response_a: str, response_b: str, question: str) -> list[Message]:
     """A multiple-choice question whose answer starts with "(A)" or "(B)" (RL-CAI labelling)."""
     body = f"Consider this request: {prompt}\n{question}\n(A) {response_a}\n(B) {response_b}"

@@ -7,19 +7,22 @@ from collections.abc import Sequence
 
 import torch
 
+from align.chat import render
 from align.config import SamplingSettings
 from align.generation.base import Message, Progress
+from align.models import eos_token_ids
 
 
 class TransformersBackend:
     """Generation from a loaded causal LM.
 
-    Prompts are sorted by length before batching so each batch pads to similar lengths (less wasted
-    compute), then replies are put back in input order. Generation stops at the tokenizer's EOS. Batching
-    is what makes this fast: one forward pass per new token serves a whole batch, so a CPU or GPU does
-    ``batch_size`` conversations for little more than the price of one (``scripts/bench_generation.py``).
-    Greedy replies do not depend on the batch size (left padding with an attention mask and matching
-    position ids), which ``tests/test_generation_backends.py`` checks.
+        Prompts are sorted by length before batching so each batch pads to similar lengths (less wasted
+        compute), then replies are put back in input order. Generation stops at any EOS id of the tokenizer or of the
+    model's generation config. Batching
+        is what makes this fast: one forward pass per new token serves a whole batch, so a CPU or GPU does
+        ``batch_size`` conversations for little more than the price of one (``scripts/bench_generation.py``).
+        Greedy replies do not depend on the batch size (left padding with an attention mask and matching
+        position ids), which ``tests/test_generation_backends.py`` checks.
     """
 
     def __init__(self, model, tokenizer, name: str) -> None:
@@ -33,12 +36,14 @@ class TransformersBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.name = name
+        self.eos_ids = eos_token_ids(model, tokenizer)  # every end-of-turn id, e.g. Llama 3's <|eot_id|>
         self.tokens_generated = 0
         self.samples_generated = 0
         self.seconds = 0.0
 
     def render(self, conversation: Sequence[Message]) -> str:
-        return self.tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
+        """The conversation through the model's chat template, fitted to it (no system turn where it has none)."""
+        return render(self.tokenizer, conversation, add_generation_prompt=True)
 
     @torch.inference_mode()
     def generate(
@@ -69,7 +74,7 @@ class TransformersBackend:
                 temperature=None if greedy else sampling.temperature,
                 top_p=None if greedy else sampling.top_p,
                 top_k=None,
-                eos_token_id=self.tokenizer.eos_token_id,
+                eos_token_id=self.eos_ids,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
             new = out[:, enc.input_ids.shape[1] :]
@@ -85,21 +90,27 @@ class TransformersBackend:
 
 
 def load_backend(
-    path: str, *, trust_remote_code: bool = False, dtype: str = "auto", name: str | None = None
+    path: str, *, trust_remote_code: bool = False, dtype: str = "auto", name: str | None = None, field: str = "model"
 ) -> TransformersBackend:
-    """Load a model and tokenizer with ``from_pretrained`` (a local path or a hub id).
+    """Load a model and tokenizer with ``from_pretrained`` (a local path, a stage's output or a hub id).
 
     On a GPU, ``dtype="auto"`` means bfloat16: half the memory traffic of float32 per generated token,
     and the precision instruction-tuned models are trained in. On CPU the checkpoint's own dtype is kept.
     Under data parallelism each process takes its own GPU (accelerate's local process index).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from align.models import load_error, load_tokenizer, resolve
+
+    source = resolve(path)
     on_gpu = torch.cuda.is_available()
     if dtype == "auto" and on_gpu:
         dtype = "bfloat16"
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtype)
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, field=field)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise load_error(field, source, err) from None
     if on_gpu:
         from align.distributed import process_state
 

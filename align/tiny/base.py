@@ -10,9 +10,10 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from align.config import SFTStageConfig, TinyWorldConfig
+from align.config import SFTStageConfig
 from align.tiny.corpus import as_completions, build_corpus
 from align.tiny.model import build_model, build_tokenizer
+from align.tiny.settings import TinyWorldConfig
 from align.tiny.world import Split, make_split
 
 CACHE_ENV = "ALIGN_CACHE"

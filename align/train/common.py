@@ -42,7 +42,7 @@ def trainer_kwargs(cfg: TrainSettings, output_dir: str, seed: int, report_to: st
         if cfg.save_steps > 0
         else dict(save_strategy="no")
     )
-    return dict(
+    kwargs = dict(
         output_dir=str(Path(output_dir) / CHECKPOINTS),
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs,
@@ -65,6 +65,29 @@ def trainer_kwargs(cfg: TrainSettings, output_dir: str, seed: int, report_to: st
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+    shadowed = sorted(set(cfg.trl) & set(kwargs))
+    if shadowed:
+        from align.config import ConfigError
+
+        raise ConfigError(f"trl: {shadowed} are typed settings of the stage; set them there, not under trl:")
+    return {**kwargs, **cfg.trl}  # any other TRL argument, checked against TRL's config by check_trl_arguments
+
+
+def check_trl_arguments(field: str, arguments: dict[str, Any], trl_config: type) -> None:
+    """Fail before any stage runs on a ``trl:`` key the stage's TRL config does not have, listing the valid ones."""
+    import dataclasses
+    import difflib
+
+    from align.config import ConfigError
+
+    valid = sorted(f.name for f in dataclasses.fields(trl_config) if f.init)
+    for key in arguments:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"{field}.trl.{key}: {trl_config.__name__} has no argument {key!r}{hint} Valid: {', '.join(valid)}"
+            )
 
 
 def peft_config(lora: LoraSettings, *, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None):
@@ -90,19 +113,39 @@ def peft_config(lora: LoraSettings, *, task_type: str = "CAUSAL_LM", modules_to_
 def save_merged(trainer, tokenizer, output_dir: str) -> None:
     """Save a plain model directory: LoRA adapters are merged so later stages load it like any model.
 
-    The trainer's log history goes next to it (``log_history.json``), so reports can plot the training
-    curves of any finished stage without a tracker.
+    Under ZeRO-3 and FSDP no process holds the whole model, so the Trainer's own save gathers the full weights
+    first (ZeRO-3 needs ``zero3_save_16bit_model``, FSDP a full state dict, as the shipped accelerate configs
+    set); a LoRA adapter saved that way is then merged into its base on the main process. The trainer's log
+    history goes next to the model (``log_history.json``), so reports can plot any finished stage's curves.
     """
-    model = trainer.model
-    unwrapped = trainer.accelerator.unwrap_model(model)
-    if hasattr(unwrapped, "merge_and_unload"):
-        unwrapped = unwrapped.merge_and_unload()
-    if trainer.accelerator.is_main_process:
-        unwrapped.save_pretrained(output_dir, safe_serialization=True)
+    from accelerate.utils import DistributedType
+
+    accelerator = trainer.accelerator
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        trainer.save_model(output_dir)
+        if accelerator.is_main_process and (Path(output_dir) / "adapter_config.json").exists():
+            _merge_adapter_dir(output_dir)
+    else:
+        unwrapped = accelerator.unwrap_model(trainer.model)
+        if hasattr(unwrapped, "merge_and_unload"):
+            unwrapped = unwrapped.merge_and_unload()
+        if accelerator.is_main_process:
+            unwrapped.save_pretrained(output_dir, safe_serialization=True)
+    if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
         history = json.dumps(trainer.state.log_history, indent=1, default=float)
         (Path(output_dir) / "log_history.json").write_text(history + "\n")
-    trainer.accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
+
+
+def _merge_adapter_dir(output_dir: str) -> None:
+    """Replace a saved LoRA adapter by the merged full model (on CPU), so the directory loads like any model."""
+    from peft import AutoPeftModel
+
+    model = AutoPeftModel.from_pretrained(output_dir, dtype="auto").merge_and_unload()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        (Path(output_dir) / name).unlink(missing_ok=True)
+    model.save_pretrained(output_dir, safe_serialization=True)
 
 
 def finish_tracking(report_to: str) -> None:

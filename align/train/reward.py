@@ -19,7 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from trl import RewardConfig, RewardTrainer
 from trl.data_utils import is_conversational
 
-from align.config import RewardStageConfig
+from align.config import ModelLoading, RewardStageConfig
 from align.train.common import finish_tracking, peft_config, save_merged, train_resumable, trainer_kwargs
 
 REQUIRED = ("chosen", "rejected")
@@ -121,23 +121,34 @@ def harden_labels(data: Dataset) -> Dataset:
 
 
 def load_reward_model(
-    path_or_causal_lm_dir: str, trust_remote_code: bool = False, *, seed: int | None = 0
+    path_or_causal_lm_dir: str,
+    trust_remote_code: bool = False,
+    *,
+    seed: int | None = 0,
+    loading: ModelLoading | None = None,
 ) -> PreTrainedModel:
     """A one-output sequence classifier from a causal-LM (or reward-model) directory.
 
     From a causal LM the ``score`` head is new and random, so it is drawn under ``seed`` without touching the
-    global RNG. Weights load in float32, as TRL does, so training can use bf16 autocast over fp32 weights.
+    global RNG. Without ``loading`` settings weights load in float32, as TRL does, so training can use bf16
+    autocast over fp32 weights; a stage's settings (dtype, attention, 4-bit) apply when given.
     ``pad_token_id`` is set because the classifier reads the reward at the last non-pad token.
     """
     from trl.trainer.reward_trainer import suppress_seqcls_warning  # hides the expected "score.weight missing"
 
+    from align.models import from_pretrained_kwargs, resolve
+
+    path_or_causal_lm_dir = resolve(path_or_causal_lm_dir)
     tokenizer = AutoTokenizer.from_pretrained(path_or_causal_lm_dir, trust_remote_code=trust_remote_code)
+    kwargs = (
+        from_pretrained_kwargs(loading, trust_remote_code, "reward")
+        if loading is not None
+        else {"dtype": torch.float32, "trust_remote_code": trust_remote_code}
+    )
     with torch.random.fork_rng(devices=[]), suppress_seqcls_warning():
         if seed is not None:
             torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path_or_causal_lm_dir, num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code
-        )
+        model = AutoModelForSequenceClassification.from_pretrained(path_or_causal_lm_dir, num_labels=1, **kwargs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.config.get_text_config().pad_token_id = pad
     return model

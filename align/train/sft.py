@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from align.chat import fit
 from align.config import SFTStageConfig
 from align.train.common import finish_tracking, peft_config, save_merged, train_resumable, trainer_kwargs
 
@@ -25,6 +29,8 @@ def train_sft(
         raise ValueError(
             f"SFT dataset needs a 'messages' column or 'prompt' and 'completion'; it has {dataset.column_names}"
         )
+    if "messages" in dataset.column_names:
+        dataset = Dataset.from_list(to_template(dataset, tokenizer, cfg.assistant_only_loss))
     prompt_completion = "messages" not in dataset.column_names
     args = SFTConfig(
         **trainer_kwargs(cfg, output_dir, seed, report_to, run_name),
@@ -45,3 +51,25 @@ def train_sft(
     save_merged(trainer, tokenizer, output_dir)
     finish_tracking(report_to)
     return metrics
+
+
+_GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def to_template(dataset: Dataset, tokenizer, assistant_only: bool = True) -> list[dict[str, Any]]:
+    """``messages`` rows fitted to the chat template, or prompt/completion rows where it cannot mark assistant turns.
+
+    TRL's assistant-only loss needs ``{% generation %}`` blocks in the template, which few shipped templates have
+    (Qwen's, Llama 3's and Mistral's do not). Without them each assistant turn becomes a prompt/completion row,
+    the loss on its completion only: the same tokens are trained, and never the red-team prompts.
+    """
+    rows = [{"messages": fit(row["messages"], tokenizer)} for row in dataset]
+    if not assistant_only or _GENERATION_BLOCK.search(str(tokenizer.chat_template)):
+        return rows
+    out = []
+    for row in rows:
+        messages = row["messages"]
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant" and i > 0:
+                out.append({"prompt": messages[:i], "completion": [message]})
+    return out
