@@ -141,7 +141,7 @@ def load_conversations(source: PromptSource) -> list[dict[str, list[Message]]]:
 def _sft_messages(row: dict[str, Any], column: str | None) -> list[Message]:
     from align.data import parse_hh_transcript
 
-    if column is None and "prompt" in row and "completion" in row and "messages" not in row:
+    if column is None and row.get("completion") is not None and row.get("messages") is None:
         prompt = conversation_from_row(row, column="prompt", context="full")
         completion = row["completion"]
         if isinstance(completion, list):

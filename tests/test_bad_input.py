@@ -129,7 +129,7 @@ def test_overlong_prompts_are_dropped_and_counted(tmp_path, cache):
 
 
 def test_overlong_rule_truncate_and_drop():
-    """Length counts the prompt as the chat template renders it (about 20 tokens of markup with this small tokenizer)."""
+    """Length counts the prompt as the chat template renders it (~20 tokens of markup with this small tokenizer)."""
     tok = build_tokenizer(["pick a lock", "how do I pick a lock and a door"] * 5, 300)
     short, long = Prompt(({"role": "user", "content": "pick a lock"},)), "how do I pick a lock " + "and a door " * 20
     long = Prompt(({"role": "user", "content": long},))

@@ -218,7 +218,9 @@ def test_empty_file(tmp_path, name, content):
 
 def test_empty_hub_dataset(monkeypatch):
     # (an empty save_to_disk dataset cannot be loaded back by datasets 5.2 itself, so use the hub path)
-    monkeypatch.setattr(datasets, "load_dataset", lambda path, split, **kwargs: datasets.Dataset.from_dict({"prompt": []}))
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda path, split, **kwargs: datasets.Dataset.from_dict({"prompt": []})
+    )
     with pytest.raises(DataError, match="org/red-team: empty prompt file"):
         load_prompts("org/red-team")
 

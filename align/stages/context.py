@@ -114,7 +114,7 @@ def check_trl(config: RecipeConfig) -> None:
     for name, trl_config in sections.items():
         section = getattr(config, name)
         if section.trl:
-            check_trl_arguments(locate(config, name), section.trl, trl_config)
+            check_trl_arguments(lambda key, name=name: locate(config, f"{name}.trl.{key}"), section.trl, trl_config)
             trainer_kwargs(section, "/nonexistent", 0, "none", name)  # raises on a key that shadows a typed one
 
 

@@ -73,8 +73,11 @@ def trainer_kwargs(cfg: TrainSettings, output_dir: str, seed: int, report_to: st
     return {**kwargs, **cfg.trl}  # any other TRL argument, checked against TRL's config by check_trl_arguments
 
 
-def check_trl_arguments(field: str, arguments: dict[str, Any], trl_config: type) -> None:
-    """Fail before any stage runs on a ``trl:`` key the stage's TRL config does not have, listing the valid ones."""
+def check_trl_arguments(where: Any, arguments: dict[str, Any], trl_config: type) -> None:
+    """Fail before any stage runs on a ``trl:`` key the stage's TRL config does not have, listing the valid ones.
+
+    ``where(key)`` gives the location to report (file, line and field of the key).
+    """
     import dataclasses
     import difflib
 
@@ -86,7 +89,7 @@ def check_trl_arguments(field: str, arguments: dict[str, Any], trl_config: type)
             close = difflib.get_close_matches(key, valid, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(
-                f"{field}.trl.{key}: {trl_config.__name__} has no argument {key!r}{hint} Valid: {', '.join(valid)}"
+                f"{where(key)}: {trl_config.__name__} has no argument {key!r}{hint} Valid: {', '.join(valid)}"
             )
 
 

@@ -46,22 +46,37 @@ MISTRAL = (
     "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
     "{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}"
+    "{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}"
     "{% endfor %}"
 )
 
 TEMPLATES = {
     "chatml": dict(
-        template=CHATML, specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos="<|im_end|>",
-        pad="<|endoftext|>", bos=None, extra_eos=[], arch="qwen2",
+        template=CHATML,
+        specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        bos=None,
+        extra_eos=[],
+        arch="qwen2",
     ),
     "llama3": dict(
         template=LLAMA3,
         specials=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-        eos="<|end_of_text|>", pad="<|end_of_text|>", bos="<|begin_of_text|>", extra_eos=["<|eot_id|>"], arch="llama",
+        eos="<|end_of_text|>",
+        pad="<|end_of_text|>",
+        bos="<|begin_of_text|>",
+        extra_eos=["<|eot_id|>"],
+        arch="llama",
     ),
     "mistral": dict(
-        template=MISTRAL, specials=["<unk>", "<s>", "</s>"], eos="</s>", pad="<unk>", bos="<s>", extra_eos=[],
+        template=MISTRAL,
+        specials=["<unk>", "<s>", "</s>"],
+        eos="</s>",
+        pad="<unk>",
+        bos="<s>",
+        extra_eos=[],
         arch="mistral",
     ),
 }
@@ -169,8 +184,13 @@ def write_fixtures(root: Path) -> dict[str, Path]:
         f.writelines(json.dumps(row) + "\n" for row in helpful_pairs)
     # chat `messages` rows (UltraChat style): SFT data and helpful prompts, a system turn in some
     messages = [
-        {"messages": [*([{"role": "system", "content": "Answer kindly."}] if i % 3 == 0 else []),
-                      {"role": "user", "content": q}, {"role": "assistant", "content": REPLY}]}
+        {
+            "messages": [
+                *([{"role": "system", "content": "Answer kindly."}] if i % 3 == 0 else []),
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": REPLY},
+            ]
+        }
         for i, q in enumerate(BENIGN)
     ]
     paths["messages"] = root / "ultrachat.jsonl"
