@@ -199,6 +199,8 @@ def reward_scores(model, tokenizer, conversations: Sequence[Sequence[dict]], bat
     with the model's pad id, where the classifier looks for the last real token, and sorted by length so
     batches pad little.
     """
+    if not conversations:
+        return []
     seqs = tokenizer.apply_chat_template([list(c) for c in conversations], tokenize=True, return_dict=True)
     seqs = seqs["input_ids"]
     pad = model.config.get_text_config().pad_token_id
