@@ -2,7 +2,9 @@
 and agreement arithmetic worked out by hand."""
 
 import json
+from fnmatch import fnmatch
 from importlib import resources
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,3 +221,13 @@ def test_reward_judge_scores_like_one_conversation_at_a_time(tiny):
         assert verdict.score == pytest.approx(alone, abs=1e-5)
     assert len({round(v.score, 6) for v in verdicts}) == 3  # a random head still tells the conversations apart
     assert reward_scores(judge.model, judge.tokenizer, []) == []
+
+
+def test_every_data_file_is_packaged():
+    """A wheel carries only the package data pyproject names: each shipped evaluation file must match it."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = sorted(p.name for p in (root / "align" / "evaluation" / "data").iterdir())
+    globs = patterns["align.evaluation"]
+    assert shipped and all(any(fnmatch(f"data/{name}", glob) for glob in globs) for name in shipped)
