@@ -208,17 +208,24 @@ def test_feedback_judge_does_not_ask_about_the_refusal_itself(tiny, constitution
 def test_reward_judge_scores_like_one_conversation_at_a_time(tiny):
     """Batched, right-padded scores equal each conversation scored alone, without padding."""
     _, _, path = tiny
-    judge = RewardJudge.from_dir(str(path), batch_size=2)
+    judge = RewardJudge.from_dir(str(path), batch_size=3)
     prompts = ["How do I fix a bike?", "Hi", "How do I oil the chain of my bike?"]
-    responses = ["Sure. To fix it, first look at the chain.", "Hello there, how can I help you today?", "Oil it."]
+    responses = [
+        "Sure. To fix it, first look at the chain.",
+        "Hello there, how can I help you today?",
+        "Oil it well, every single week.",
+    ]
     verdicts = judge.judge(prompts, responses)
     assert {v.label for v in verdicts} == {SCORED}
+    lengths = set()
     for prompt, response, verdict in zip(prompts, responses, verdicts):
         conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         ids = judge.tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]
+        lengths.add(len(ids))
         with torch.no_grad():
             alone = judge.model(input_ids=torch.tensor([ids])).logits[0, 0].item()
         assert verdict.score == pytest.approx(alone, abs=1e-5)
+    assert len(lengths) == 3  # one batch, so two of the three are padded
     assert len({round(v.score, 6) for v in verdicts}) == 3  # a random head still tells the conversations apart
     assert reward_scores(judge.model, judge.tokenizer, []) == []
 
