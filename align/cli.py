@@ -254,12 +254,13 @@ def cmd_runs_compare(args: argparse.Namespace) -> int:
 
 
 def _load_causal_lm(path: str):
-    """A causal LM and its tokenizer from a local directory, checked before the work starts."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A causal LM and its tokenizer from a local directory (on the GPU when there is one)."""
+    from align.generation.transformers_backend import load_backend
 
     if not Path(path).is_dir():
         raise ValueError(f"--model {path}: not a directory")
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    backend = load_backend(path)
+    return backend.model, backend.tokenizer
 
 
 def _build_judge(args: argparse.Namespace):

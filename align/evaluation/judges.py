@@ -236,7 +236,8 @@ class RewardJudge:
         from align.train.reward import load_reward_model
 
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        return cls(load_reward_model(path, trust_remote_code), tokenizer, batch_size)
+        model = load_reward_model(path, trust_remote_code)
+        return cls(model.to("cuda") if torch.cuda.is_available() else model, tokenizer, batch_size)
 
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
         _check_lengths(prompts, responses)
