@@ -253,6 +253,108 @@ def cmd_runs_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_causal_lm(path: str):
+    """A causal LM and its tokenizer from a local directory (on the GPU when there is one)."""
+    from align.generation.transformers_backend import load_backend
+
+    if not Path(path).is_dir():
+        raise ValueError(f"--model {path}: not a directory")
+    backend = load_backend(path)
+    return backend.model, backend.tokenizer
+
+
+def _build_judge(args: argparse.Namespace):
+    from align.evaluation.judges import FeedbackJudge, RefusalJudge, RewardJudge
+
+    if args.judge == "refusal":
+        if args.model or args.constitution:
+            raise ValueError("the refusal judge uses no model or constitution; drop --model and --constitution")
+        return RefusalJudge()
+    if not args.model:
+        raise ValueError(f"--judge {args.judge} needs --model DIR (the {args.judge} model)")
+    if args.judge == "reward":
+        if not Path(args.model).is_dir():
+            raise ValueError(f"--model {args.model}: not a directory")
+        return RewardJudge.from_dir(args.model, batch_size=args.batch_size)
+    if not args.constitution:
+        raise ValueError("--judge feedback needs --constitution FILE: its comparison questions are what is asked")
+    from align.feedback.preferences import OptionScorer
+
+    constitution = load_constitution(args.constitution)
+    model, tokenizer = _load_causal_lm(args.model)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"--model {args.model}: the tokenizer has no chat template, which the feedback judge needs")
+    scorer = OptionScorer(model, tokenizer, batch_size=args.batch_size)
+    return FeedbackJudge(scorer, constitution, num_principles=args.num_principles, seed=args.seed)
+
+
+def cmd_eval_score(args: argparse.Namespace) -> int:
+    from align.data import DataError, write_jsonl_atomic
+    from align.evaluation.judges import REFUSED_OR_NOT, SAFE, UNSAFE
+    from align.evaluation.scoring import judge_rows, select_columns
+
+    vocabulary = {"refusal": sorted(REFUSED_OR_NOT), "feedback": [SAFE, UNSAFE], "reward": None}[args.judge]
+    try:
+        if args.label_column and vocabulary is None:
+            raise ValueError("--label-column needs a judge that labels (refusal or feedback); reward only scores")
+        rows = select_columns(
+            args.file,
+            prompt_column=args.prompt_column,
+            response_column=args.response_column,
+            label_column=args.label_column,
+            labels=vocabulary,
+        )
+        judge = _build_judge(args)
+        out, agreed = judge_rows(rows, judge, binary=REFUSED_OR_NOT if args.judge == "refusal" else None)
+        write_jsonl_atomic(args.output, out)
+    except (DataError, ValueError, OSError) as e:
+        _err(f"error: {e}")
+        return 2
+    _out(f"{args.output}: {_count(len(out), 'row')} judged by {args.judge}")
+    if agreed is not None:
+        accuracy, kappa = agreed["accuracy"], agreed["kappa"]
+        _out(f"agreement with {args.label_column!r}: {accuracy:.3f} (kappa {kappa:.3f}, n {agreed['n']})")
+        if "binary" in agreed:
+            _out(f"  refused vs complied: {agreed['binary']['accuracy']:.3f} (kappa {agreed['binary']['kappa']:.3f})")
+        for label, row in agreed["per_class"].items():
+            _out(f"  {label}: {row['agreement']:.3f} of {row['n']}  predicted as {agreed['confusion'][label]}")
+    return 0
+
+
+def cmd_eval_hhh(args: argparse.Namespace) -> int:
+    from align.data import DataError
+    from align.evaluation.hhh import load_hhh, score_policy, score_reward_model
+
+    try:
+        items = load_hhh(args.file)
+        if not Path(args.model).is_dir():
+            raise ValueError(f"--model {args.model}: not a directory")
+        if args.reward:
+            from align.evaluation.judges import RewardJudge
+
+            judge = RewardJudge.from_dir(args.model)
+            result = score_reward_model(items, judge.model, judge.tokenizer, batch_size=args.batch_size)
+        else:
+            model, tokenizer = _load_causal_lm(args.model)
+            result = score_policy(items, model, tokenizer, raw=True if args.raw else None, batch_size=args.batch_size)
+    except (DataError, ValueError, OSError) as e:
+        _err(f"error: {e}")
+        return 2
+    if args.json:
+        line = {"accuracy": result["accuracy"], "n": result["n"]}
+        if "accuracy_length_normalised" in result:
+            line["accuracy_length_normalised"] = result["accuracy_length_normalised"]
+        _out(json.dumps(line))
+    elif args.reward:
+        _out(f"reward model {args.model}: accuracy {result['accuracy']:.3f} on {_count(result['n'], 'question')}")
+    else:
+        _out(
+            f"policy {args.model} ({result['rendering']}): accuracy {result['accuracy']:.3f}, length-normalised "
+            f"{result['accuracy_length_normalised']:.3f}, on {_count(result['n'], 'question')}"
+        )
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # Parser
 
@@ -337,9 +439,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "markdown"), default="text")
     p.set_defaults(handler=cmd_runs_compare)
 
+    eparser = groups.add_parser("eval", help="judge responses and score models on evaluation files")
+    esub = eparser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    p = esub.add_parser("score", help="label a CSV/JSONL of prompts and responses with a judge, one row per row")
+    p.add_argument("file", metavar="FILE", help=".csv (with a header) or .jsonl")
+    p.add_argument("--judge", required=True, choices=("refusal", "feedback", "reward"))
+    p.add_argument("--model", metavar="DIR", help="feedback: the feedback model; reward: the reward model")
+    p.add_argument("--constitution", metavar="FILE", help="feedback: whose comparison questions are asked")
+    p.add_argument("--prompt-column", default="prompt", metavar="C")
+    p.add_argument("--response-column", default="response", metavar="C")
+    p.add_argument("--label-column", metavar="C", help="reference labels: also print the judge's agreement")
+    p.add_argument("--num-principles", type=int, default=4, help="feedback: principles sampled per response")
+    p.add_argument("--seed", type=int, default=0, help="feedback: seed of the principle sampling")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("-o", "--output", required=True, metavar="OUT.jsonl")
+    p.set_defaults(handler=cmd_eval_score)
+
+    p = esub.add_parser("hhh", help="accuracy of a policy or reward model on HHH multiple choice")
+    p.add_argument("file", metavar="FILE", help="CAI-paper JSONL (prompt/corrects/incorrects) or BIG-bench layout")
+    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--reward", action="store_true", help="DIR is a reward model: score the whole transcripts")
+    p.add_argument("--raw", action="store_true", help="policy: score plain text, not through the chat template")
+    p.add_argument("--json", action="store_true", help='print one line: {"accuracy": ..., "n": ...}')
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(handler=cmd_eval_hhh)
+
     parser.set_defaults(_usage=parser)
     cparser.set_defaults(_usage=cparser)
     rparser.set_defaults(_usage=rparser)
+    eparser.set_defaults(_usage=eparser)
     return parser
 
 
