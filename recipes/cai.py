@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
             paths = {"base": sft.path, "sft_cai": sl_cai.path}
             paths.update({name: run.root / name for name in OPTIMIZERS if name == cfg.optimizer or name in finished})
             notes = summary_lines(prefs.metrics, rw.metrics if rw else None)
-            ev.record(stages.evaluate(ctx, paths, ev.work_dir, notes))
+            judge_model = Path(cfg.eval.feedback_model) if cfg.eval.feedback_model else sft.path
+            ev.record(stages.evaluate(ctx, paths, judge_model, rw.path if rw else None, ev.work_dir, notes))
 
     table = (ev.path / "table.md").read_text()
     if run.state.is_main_process:

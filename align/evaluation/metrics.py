@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-COLUMNS = ("harmful_refusal", "benign_helpful", "over_refusal", "mean_response_words")
+# The table's columns, in order; a column shows when every model has it (suites and judges are optional).
+COLUMNS = (
+    "harmful_refusal",
+    "benign_helpful",
+    "over_refusal",
+    "xstest_safe_compliance",
+    "xstest_unsafe_refusal",
+    "hhh_accuracy",
+    "elo_harmlessness",
+    "elo_helpfulness",
+    "mean_response_words",
+)
 
 
 def share(labels: Sequence[str], *wanted: str) -> float:
@@ -21,7 +32,9 @@ def markdown_table(metrics: dict[str, dict[str, float]], columns: Sequence[str] 
     rule = "|---|" + "---:|" * len(columns)
 
     def cell(name: str, value: float) -> str:
-        return f"{value:.1f}" if name.startswith(("mean_", "elo")) else f"{value:.2f}"
+        if name.startswith("elo"):
+            return f"{value:+.0f}"
+        return f"{value:.1f}" if name.startswith("mean_") else f"{value:.2f}"
 
     rows = [f"| {model} | " + " | ".join(cell(c, m[c]) for c in columns) + " |" for model, m in metrics.items()]
     return "\n".join([header, rule, *rows])
