@@ -593,13 +593,20 @@ def _report_doc(run: RunDir, prev: RunDir | None, plots: dict[str, Path], sample
     doc.heading(2, "Evaluation")
     evals = _eval_metrics(run)
     if evals:
+        columns = [c for c in COLUMNS if any(c in m for m in evals.values())]  # suites are optional
         doc.table(
-            ["model", *COLUMNS],
+            ["model", *columns],
             [
-                [model, *(_num(m.get(c), 1 if c == "mean_response_words" else 2) for c in COLUMNS)]
+                [
+                    model,
+                    *(
+                        _num(m.get(c), 1 if c in ("mean_response_words",) or c.startswith("elo") else 2)
+                        for c in columns
+                    ),
+                ]
                 for model, m in evals.items()
             ],
-            "l" + "r" * len(COLUMNS),
+            "l" + "r" * len(columns),
         )
     else:
         doc.para("No eval stage in this run.")
