@@ -172,10 +172,10 @@ def test_generating_stages_record_throughput(smoke):
     assert prefs["samples_generated"] == 2 * 48  # two responses per prompt
     for m in (cr, prefs, *evals.values()):
         assert m["tokens_generated"] > 0 and m["generation_seconds"] > 0
-        # generation_seconds is rounded to 1 ms, tokens_per_second computed before rounding
+        # generation_seconds is rounded to 1 ms and tokens_per_second to 0.1, from the unrounded seconds
         seconds = m["generation_seconds"]
         low, high = m["tokens_generated"] / (seconds + 5e-4), m["tokens_generated"] / max(seconds - 5e-4, 1e-9)
-        assert low * 0.999 <= m["tokens_per_second"] <= high * 1.001
+        assert low - 0.05 <= m["tokens_per_second"] <= high + 0.05
 
 
 FAKE_KEY = "fake-key-0123456789abcdef0123456789abcdef01234567"
@@ -211,7 +211,7 @@ def test_ppo_killed_mid_run_resumes_from_its_checkpoint_and_finishes(smoke, tmp_
     assert [row["step"] for row in history] == list(range(1, 11))  # every step once: none lost or repeated
     assert not (ppo_dir / "checkpoints").exists() and (ppo_dir / "model.safetensors").exists()
     metrics = json.loads((tmp_path / "runs" / "cai-smoke" / "eval" / "metrics.json").read_text())
-    assert set(metrics) == {"base", "sft_cai", "ppo"}
+    assert set(metrics) == {"base", "sft_cai", "dpo", "ppo"}  # the earlier run's finished dpo keeps its row
     assert "| ppo |" in again.stdout
 
 
