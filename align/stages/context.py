@@ -118,20 +118,21 @@ def check_trl(config: RecipeConfig) -> None:
             trainer_kwargs(section, "/nonexistent", 0, "none", name)  # raises on a key that shadows a typed one
 
 
-def prepare(config: RecipeConfig) -> Context:
-    """Load and check everything a run needs before its first stage; errors are ConfigError or DataError."""
-    from align.constitution import load_constitution
-    from align.distributed import process_state
-
-    constitution = load_constitution(config.constitution)
-    world = load_world(config)
-    sources = _default_sources(config)
-    if world is not None:  # a world's held-out suites are the default evaluation
+def with_world_suites(sources: dict[str, PromptSource], world: World | None) -> dict[str, PromptSource]:
+    """A world's held-out suites are the default evaluation: added where the config names no source of its own."""
+    if world is not None:
         for suite in ("harmful", "benign"):
             sources.setdefault(f"eval.{suite}_prompts", PromptSource(f"{world.name}:{suite}/eval"))
-    _required(config, sources, world)
-    check_models(config, world)
-    check_trl(config)
+    return sources
+
+
+def load_sources(
+    config: RecipeConfig, sources: dict[str, PromptSource], world: World | None
+) -> tuple[dict[str, list[Any]], dict[str, dict[str, int]]]:
+    """Every source read and checked (prompts, pairs, conversations, HHH questions); errors name file, row, field."""
+    from align.evaluation.hhh import load_hhh
+    from align.evaluation.suites import check_over_refusal
+
     data, counts = {}, {}
     for name, source in sources.items():
         where = locate(config, name)
@@ -139,8 +140,25 @@ def prepare(config: RecipeConfig) -> Context:
             data[name] = load_pairs(source, world, where)
         elif name in CONVERSATION_SOURCES:
             data[name] = load_conversations(source)
-        elif name == "eval.hhh":
-            data[name] = []  # read by the HHH suite itself (its own layouts)
+        elif name == "eval.hhh":  # its own layouts (the CAI paper's JSONL, BIG-bench's task)
+            data[name] = load_hhh(source.path)[: source.limit]
         else:
             data[name], counts[name] = load_prompts(source, world, where)
+    if "eval.over_refusal" in data:
+        check_over_refusal(data["eval.over_refusal"], sources["eval.over_refusal"].path)
+    return data, counts
+
+
+def prepare(config: RecipeConfig) -> Context:
+    """Load and check everything a run needs before its first stage; errors are ConfigError or DataError."""
+    from align.constitution import load_constitution
+    from align.distributed import process_state
+
+    constitution = load_constitution(config.constitution)
+    world = load_world(config)
+    sources = with_world_suites(_default_sources(config), world)
+    _required(config, sources, world)
+    check_models(config, world)
+    check_trl(config)
+    data, counts = load_sources(config, sources, world)
     return Context(config, constitution, world, data, counts, process_state().is_main_process)
