@@ -989,18 +989,27 @@ def compare_runs(a: str | os.PathLike[str], b: str | os.PathLike[str], fmt: str 
 
     doc.heading(2, "Evaluation (delta = B - A)")
     ea, eb = _eval_metrics(ra), _eval_metrics(rb)
-    rows = []
-    for model in [*ea, *(m for m in eb if m not in ea)]:
-        ma, mb = ea.get(model, {}), eb.get(model, {})
-        extra = sorted((set(ma) | set(mb)) - set(COLUMNS))
-        for metric in [*(c for c in COLUMNS if c in ma or c in mb), *extra]:
-            rows.append(
-                [model, metric, _num(ma.get(metric)), _num(mb.get(metric)), _delta(ma.get(metric), mb.get(metric))]
-            )
-    if rows:
+    both = {model: {**ea.get(model, {}), **eb.get(model, {})} for model in [*ea, *(m for m in eb if m not in ea)]}
+    for suite, models in by_suite(both).items():  # one table per suite, models and metrics in table order
+        doc.heading(3, SUITE_TITLES.get(suite, suite))
+        rows = []
+        for model, metrics in models.items():
+            ma, mb = ea.get(model, {}), eb.get(model, {})
+            for metric in metrics:
+                a, b = ma.get(metric), mb.get(metric)
+                rows.append([model, metric, _num(a), _num(b), _delta(a, b)])
         doc.table(["model", "metric", "A", "B", "delta"], rows, "llrrr")
-    else:
+    if not both:
         doc.para("Neither run has eval metrics.")
+    judges = [_dict(_dict(_eval_details(r)).get("judges")) for r in (ra, rb)]
+    rows = []
+    for judge in dict.fromkeys([*judges[0], *judges[1]]):
+        a, b = (_dict(found.get(judge)).get("accuracy") for found in judges)
+        reference = _dict(judges[0].get(judge) or judges[1].get(judge)).get("reference", "?")
+        rows.append([judge, str(reference), _num(a), _num(b), _delta(a, b)])
+    if rows:
+        doc.heading(3, "Judge agreement")
+        doc.table(["judge", "agrees with", "A", "B", "delta"], rows, "llrrr")
 
     doc.heading(2, "Stage seconds")
     stages = sorted(set(ra.manifests) | set(rb.manifests), key=_stage_rank)
