@@ -367,9 +367,8 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
     try:
         models = name_models(args.models)
         # A recipe config works as it is: only its eval section, constitution, seed, world and trust_remote_code
-        # are used. base_model stands for the first model, the base of the pairwise comparisons.
-        base = json.dumps(next(iter(models.values())))
-        config = load_config(RecipeConfig, args.config, [f"--base_model={base}"])
+        # are used (the first model, not base_model, is the base of the pairwise comparisons).
+        config = load_config(RecipeConfig, args.config)
         ctx = prepare_eval(config, models, args.reward_model)
         result = run_eval(ctx, models, out, args.reward_model)
     except (ConfigError, DataError, WriteError) as e:

@@ -797,12 +797,8 @@ class RecipeConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if not self.base_model:
-            raise ConfigError("base_model is required: a hub id, a local model directory, or a world's model")
         if self.world is not None and not isinstance(self.world.get("kind"), str):
             raise ConfigError("world.kind is required (the name of a world plug-in, e.g. tiny)")
-        if self.optimizer != "dpo" and self.reward is None:
-            raise ConfigError(f"optimizer {self.optimizer} trains against a reward model; add a reward: section")
 
     def sources(self) -> dict[str, PromptSource]:
         """Every prompt or pair source of the run by its config field, for checks before any stage runs."""

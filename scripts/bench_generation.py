@@ -44,11 +44,11 @@ def workload(cfg_path: str, n: int):
 
     from align.config import RecipeConfig, load_config
     from align.constitution import load_constitution
-    from align.tiny.base import split_for
+    from align.worlds import load_world
 
     cfg = load_config(RecipeConfig, cfg_path)
     constitution = load_constitution(cfg.constitution)
-    pool = split_for(cfg.tiny).prompts("train", "harmful")
+    pool = load_world(cfg).split.prompts("train", "harmful")
     red = random.Random(cfg.seed).sample(pool, k=min(n, len(pool)))
     return cfg, constitution, red
 
@@ -151,18 +151,15 @@ def main() -> None:
     import torch
 
     from align.config import BackendSettings
-    from align.constitution import load_constitution
     from align.generation import build_backend, load_backend
-    from align.tiny.base import train_base_model
+    from align.worlds import load_world
 
     torch.set_num_threads(1)
     cfg, constitution, red = workload(args.config, args.prompts)
     tmp = Path(tempfile.mkdtemp(prefix="bench-generation-"))
     model_dir = args.model or str(tmp / "model")
     if not args.model:
-        base = load_constitution(cfg.tiny.constitution) if cfg.tiny.constitution else constitution
-        few_shot = cfg.critique_revise.use_few_shot
-        train_base_model(cfg.tiny, cfg.sft, base, model_dir, seed=cfg.seed, few_shot=few_shot)
+        load_world(cfg).train_base_model(Path(model_dir), "none")
     batch = cfg.critique_revise.sampling.batch_size
     rows = []
 

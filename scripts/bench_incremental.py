@@ -10,7 +10,6 @@ samples used the principle, how many were regenerated, and both times.
 from __future__ import annotations
 
 import argparse
-import random
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ def main() -> None:
     from align.constitution import load_constitution, load_constitution_data
     from align.feedback.critique_revise import critique_and_revise
     from align.generation import TransformersBackend
-    from align.tiny.base import split_for
+    from align.worlds import load_world
 
     cfg = load_config(RecipeConfig, args.config)
     path = Path(args.run) / "sft"
@@ -41,10 +40,9 @@ def main() -> None:
         AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), name="sft"
     )
     cr = cfg.critique_revise
-    split = split_for(cfg.tiny)
-    rng = random.Random(cfg.seed)
-    red = rng.sample(split.prompts("train", "harmful"), k=cr.num_red_team)
-    helpful = rng.sample(split.prompts("train", "benign"), k=cr.num_helpful)
+    world = load_world(cfg)  # the recipe's own prompts: the same sources, the same seeded order and limits
+    red = [p.text for p in world.prompts("harmful/train")[: cr.red_team_prompts.limit]]
+    helpful = [p.text for p in world.prompts("benign/train")[: cr.helpful_prompts.limit]]
 
     original = load_constitution(cfg.constitution)
     data = original.to_dict()

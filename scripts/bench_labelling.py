@@ -36,8 +36,8 @@ def main() -> None:
     from align.feedback import prompts
     from align.feedback.preferences import OptionScorer, Pair, label_pairs
     from align.generation import TransformersBackend
-    from align.tiny.base import split_for
     from align.tiny.judge import prefers_first
+    from align.worlds import load_world
 
     cfg = load_config(RecipeConfig, args.config)
     run = Path(args.run)
@@ -45,7 +45,7 @@ def main() -> None:
         if not (run / stage / "model.safetensors").exists():
             raise SystemExit(f"{run / stage} has no model; run `make demo` (or recipes/cai.py) first")
     constitution = load_constitution(cfg.constitution)
-    split = split_for(cfg.tiny)
+    split = load_world(cfg).split
     requests = random.Random(0).sample(list(split.train), k=min(args.pairs * 2, len(split.train)))
 
     def backend(stage: str) -> TransformersBackend:

@@ -115,10 +115,10 @@ def ensure_fixture(fixture: Path, config: str, max_prompt_length: int) -> None:
     from transformers import AutoTokenizer
 
     from align.config import RecipeConfig, load_config
-    from align.tiny.base import split_for
+    from align.worlds import load_world
 
     tokenizer = AutoTokenizer.from_pretrained(fixture / "sft_cai")
-    split = split_for(load_config(RecipeConfig, config).tiny)
+    split = load_world(load_config(RecipeConfig, config)).split
     prompts = [[{"role": "user", "content": r.text}] for r in split.train]
     fits = [
         p

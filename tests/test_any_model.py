@@ -155,8 +155,10 @@ def test_unknown_or_shadowing_trl_arguments_fail_before_any_stage(tmp_path):
 
 
 def test_no_base_model_default_and_no_tiny_default_anywhere(tmp_path):
-    with pytest.raises(ConfigError, match="base_model is required"):
-        load_config(RecipeConfig, write(tmp_path, "run_name: x\n"))
+    from align.stages import prepare
+
+    with pytest.raises(ConfigError, match="base_model: required"):
+        prepare(load_config(RecipeConfig, write(tmp_path, "run_name: x\n")))
     cfg = load_config(RecipeConfig, write(tmp_path, "base_model: m\n"))
     for section in (cfg.critique_revise, cfg.preferences, cfg.ppo, cfg.grpo, cfg.rloo, cfg.eval):
         for value in vars(section).values():

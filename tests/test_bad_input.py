@@ -25,7 +25,7 @@ from align.train.common import checkpoint_problem
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "cai.py"
 SMOKE = ROOT / "recipes" / "configs" / "cai_smoke.yaml"
-QUICK = ["--sft.max_steps=2", "--sft.save_steps=0", "--tiny.n_phrasings=2"]
+QUICK = ["--sft.max_steps=2", "--sft.save_steps=0", "--world.n_phrasings=2"]
 
 pytestmark = pytest.mark.recipe
 

@@ -291,7 +291,7 @@ def test_empty_prompt_file(tmp_path):
     prompts = tmp_path / "red.jsonl"
     prompts.write_text("")
     result = run_recipe(
-        tmp_path, f"--critique_revise.red_team_prompts={prompts}", "--sft.max_steps=2", "--tiny.n_phrasings=2"
+        tmp_path, f"--critique_revise.red_team_prompts={prompts}", "--sft.max_steps=2", "--world.n_phrasings=2"
     )
     assert_clean_failure(result, tmp_path, "red.jsonl", "empty")
     assert not (tmp_path / "runs" / "cai-smoke" / "critique_revise").exists()

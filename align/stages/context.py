@@ -154,6 +154,14 @@ def prepare(config: RecipeConfig) -> Context:
     from align.constitution import load_constitution
     from align.distributed import process_state
 
+    if not config.base_model:
+        raise ConfigError(
+            f"{locate(config, 'base_model')}: required: a hub id, a local model directory, or a world's model"
+        )
+    if config.optimizer != "dpo" and config.reward is None:
+        raise ConfigError(
+            f"{locate(config, 'optimizer')}: {config.optimizer} trains against a reward model; add a reward: section"
+        )
     constitution = load_constitution(config.constitution)
     world = load_world(config)
     sources = with_world_suites(_default_sources(config), world)
