@@ -80,18 +80,22 @@ def _shard_dir(ctx: Context, out: Path, name: str, model: str | Path) -> Path:
     return folder
 
 
-def generate_answers(ctx: Context, models: dict[str, Path], out: Path) -> dict[str, dict[str, list[str]]]:
-    """Greedy answers of every model to every suite, in crash-safe shards (a model loads only if a shard is missing).
+def generate_answers(
+    ctx: Context, models: dict[str, Path], out: Path
+) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict[str, Any]]]:
+    """Greedy answers of every model to every suite, in crash-safe shards (a model loads only if a shard is missing),
+    and each model's generation throughput (zeros when every shard was reused).
 
     Shards live under ``out/shards/<model>/``, tagged with :func:`model_key`: a re-run with the same models and
     settings reuses every finished shard; a changed model or setting regenerates that model's answers.
     """
-    from align.generation import build_backend
+    from align.generation import build_backend, generation_metrics
     from align.shards import local_generate, run_sharded, shard_seed
 
     section = ctx.config.eval
     greedy = SamplingSettings(max_new_tokens=section.max_new_tokens, temperature=0.0, batch_size=section.batch_size)
     answers: dict[str, dict[str, list[str]]] = {}
+    throughput: dict[str, dict[str, Any]] = {}
     for model_name, model_dir in models.items():
         loaded: dict[str, Any] = {}
         folder = _shard_dir(ctx, out, model_name, model_dir)
@@ -122,7 +126,8 @@ def generate_answers(ctx: Context, models: dict[str, Path], out: Path) -> dict[s
                     desc=f"eval {model_name} {suite}",
                 )
                 answers[model_name][suite] = [r["response"] for r in shards.records]
-    return answers
+        throughput[model_name] = generation_metrics([loaded["backend"]] if loaded else [])
+    return answers, throughput
 
 
 class Judges:
@@ -263,7 +268,7 @@ def evaluate(
     The first of ``models`` is the base that pairwise comparisons are made against (the recipe's ``base``).
     """
     section = ctx.config.eval
-    answers = generate_answers(ctx, models, out)
+    answers, throughput = generate_answers(ctx, models, out)
     judges = Judges(ctx, feedback_model, reward_dir)
     reward = judges.reward()
     metrics: dict[str, dict[str, float]] = {}
@@ -335,7 +340,9 @@ def evaluate(
         record.pop("refusal_text", None)
     if ctx.is_main_process:
         write_outputs(out, metrics, details, records, failures, notes)
-    return Result(metrics, eval_tables(metrics, records, failures))
+    # The manifest also gets each model's generation throughput; metrics.json and the tables stay scores only.
+    recorded = {model: {**row, **throughput[model]} for model, row in metrics.items()}
+    return Result(recorded, eval_tables(metrics, records, failures))
 
 
 def write_outputs(
