@@ -7,6 +7,9 @@ came with a big enough bump, and move it to and from other projects' layouts.
 ``align report RUN_DIR`` writes a run's report (markdown, HTML, plots) from its directory alone, and
 ``align runs compare A B`` puts two runs side by side, e.g. before and after a constitution edit.
 
+``align eval run|score|hhh`` evaluates any models on a config's suites, labels existing responses with a judge,
+and scores HHH multiple choice.
+
 Exit codes: 0 success; 1 the check asked for failed (invalid file, warnings under --strict, an
 unbumped change, a diff under --exit-code); 2 the command could not run (bad arguments, a file or git
 revision that cannot be read).
@@ -355,6 +358,30 @@ def cmd_eval_hhh(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_run(args: argparse.Namespace) -> int:
+    from align.config import ConfigError, RecipeConfig, load_config
+    from align.data import DataError, WriteError
+    from align.stages.evaluate import name_models, prepare_eval, run_eval
+
+    out = Path(args.output)
+    try:
+        models = name_models(args.models)
+        # A recipe config works as it is: only its eval section, constitution, seed, world and trust_remote_code
+        # are used (the first model, not base_model, is the base of the pairwise comparisons).
+        config = load_config(RecipeConfig, args.config)
+        ctx = prepare_eval(config, models, args.reward_model)
+        result = run_eval(ctx, models, out, args.reward_model)
+    except (ConfigError, DataError, WriteError) as e:
+        _err(f"error: {e}")
+        return 2
+    _out((out / "table.md").read_text().rstrip())
+    _out()
+    plots = ", ".join(p.name for p in sorted(out.glob("*.png")))
+    _out(f"{out}: metrics.json, details.json, table.md, responses.jsonl, failures.jsonl{', ' + plots if plots else ''}")
+    _out(f"  {_count(len(result.metrics), 'model')}; answers kept in {out / 'shards'} (a re-run reuses them)")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # Parser
 
@@ -454,6 +481,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("-o", "--output", required=True, metavar="OUT.jsonl")
     p.set_defaults(handler=cmd_eval_score)
+
+    p = esub.add_parser(
+        "run",
+        help="run a config's eval suites on any models: metrics.json, details.json, table.md and plots",
+        description="Answer the suites of the config's eval: section (plus its constitution, seed, world and "
+        "trust_remote_code; a recipe config works as it is) with every model, judge the answers and compare each "
+        "model with the first (the base) pairwise. Generation is sharded: a killed run, run again, reuses the "
+        "finished shards in OUT_DIR/shards.",
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="YAML with an eval: section (e.g. a recipe config)")
+    p.add_argument(
+        "models", nargs="+", metavar="MODEL", help="a model directory or hub id, or NAME=MODEL; the first is the base"
+    )
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.add_argument("--reward-model", metavar="DIR", help="also score every answer with this reward model")
+    p.set_defaults(handler=cmd_eval_run)
 
     p = esub.add_parser("hhh", help="accuracy of a policy or reward model on HHH multiple choice")
     p.add_argument("file", metavar="FILE", help="CAI-paper JSONL (prompt/corrects/incorrects) or BIG-bench layout")

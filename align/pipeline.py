@@ -227,11 +227,16 @@ class Run:
         print(f"[align] {name}: done in {manifest['seconds']:.0f}s", flush=True)
 
 
+# A model directory's card (README.md) is written after the eval stage and rewritten when the evaluation changes
+# (align.evaluation.cards): it describes the stage's output, it is not part of it, so it never redoes the stage.
+MODEL_CARD = "README.md"
+
+
 def _file_sizes(directory: Path) -> dict[str, int]:
     return {
         p.relative_to(directory).as_posix(): p.stat().st_size
         for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p.name != MANIFEST and p.relative_to(directory).as_posix() != MODEL_CARD
     }
 
 
@@ -239,6 +244,8 @@ def _changed_files(directory: Path, recorded: dict[str, int] | None) -> list[str
     """Published files that are gone or have another size than when the stage finished (none recorded: none)."""
     changed = []
     for rel, size in (recorded or {}).items():
+        if rel == MODEL_CARD:  # recorded by runs made before cards were written after the eval stage
+            continue
         try:
             if (directory / rel).stat().st_size != size:
                 changed.append(rel)

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from align.constitution import Constitution, ConstitutionError, load_constitution_data
 from align.constitution.diff import diff_constitutions
 from align.constitution.render import render_markdown, render_text
-from align.evaluation.metrics import COLUMNS
+from align.evaluation.metrics import COLUMNS, OTHER_SUITE, by_suite, judge_lines
 from align.pipeline import MANIFEST
 
 __all__ = ["RunError", "compare_runs", "load_run", "plot_data", "redact", "write_report"]
@@ -34,7 +34,9 @@ STAGE_ORDER = ("sft", "critique_revise", "sft_cai", "preferences", "reward", "dp
 LOG_HISTORY = "log_history.json"
 CONSTITUTION_FILE = "constitution.json"
 PLOTS_DIR = "report"
-PLOTS = ("training_loss.png", "alignment.png", "ppo.png")
+PLOTS = ("training_loss.png", "alignment.png", "elo.png", "ppo.png")
+EVAL_PLOTS = ("alignment.png", "elo.png")  # also drawn into the eval stage's folder and `align eval run -o DIR`
+FAILURES_PER_MODEL = 3
 KEY_METRICS = (
     "train_loss",
     "eval_loss",
@@ -173,6 +175,12 @@ def _eval_metrics(run: RunDir) -> dict[str, dict[str, float]]:
     }
 
 
+def _eval_details(run: RunDir) -> dict[str, Any] | None:
+    """The eval stage's details.json, or None for runs made before it was written."""
+    data = _read_json(run.path / "eval" / "details.json")
+    return data if isinstance(data, dict) else None
+
+
 def _history(run: RunDir, stage: str) -> list[dict[str, Any]]:
     data = _read_json(run.path / stage / LOG_HISTORY)
     return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
@@ -227,16 +235,30 @@ def plot_data(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _plot_data(run: RunDir) -> dict[str, Any]:
     losses = {stage: _series(_history(run, stage), "loss") for stage in run.manifests}
-    alignment = {
-        model: {"harmful_refusal": m["harmful_refusal"], "benign_helpful": m["benign_helpful"]}
-        for model, m in _eval_metrics(run).items()
-        if "harmful_refusal" in m and "benign_helpful" in m
-    }
     return {
         "training_loss": {stage: series for stage, series in losses.items() if series["step"]},
-        "alignment": alignment,
+        **eval_plot_data(_eval_metrics(run), _eval_details(run)),
         "ppo": _ppo_data(_history(run, "ppo")),
     }
+
+
+def eval_plot_data(metrics: dict[str, dict[str, Any]], details: dict[str, Any] | None) -> dict[str, Any]:
+    """The points of the two eval plots: refusal vs help rates, and harmlessness vs helpfulness Elo (from the
+    pairwise comparisons in details.json; empty when there were none)."""
+    alignment = {
+        model: {"harmful_refusal": m["harmful_refusal"], "benign_helpful": m["benign_helpful"]}
+        for model, m in metrics.items()
+        if _is_number(m.get("harmful_refusal")) and _is_number(m.get("benign_helpful"))
+    }
+    pairwise = _dict(_dict(details).get("pairwise"))
+    harmless = _dict(_dict(pairwise.get("harmlessness")).get("elo"))
+    helpful = _dict(_dict(pairwise.get("helpfulness")).get("elo"))
+    elo = {
+        model: {"helpfulness": helpful[model], "harmlessness": harmless[model]}
+        for model in harmless
+        if _is_number(harmless[model]) and _is_number(helpful.get(model))
+    }
+    return {"alignment": alignment, "elo": elo}
 
 
 def _ppo_data(history: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -298,28 +320,78 @@ def _plot_losses(losses: dict[str, dict[str, list[float]]], title: str, path: Pa
     _save_png(fig, path)
 
 
-def _plot_alignment(points: dict[str, dict[str, float]], title: str, path: Path) -> None:
-    fig = _figure(size=(6.0, 5.0))
-    ax = fig.subplots()
-    # Models at the same point share one label instead of overprinting each other.
+def _scatter(ax: Any, points: dict[str, tuple[float, float]], spread: float, right: float, high: float) -> None:
+    """One dot per model, labelled; models at the same point share one label instead of overprinting."""
     groups: dict[tuple[float, float], list[str]] = {}
-    for model, m in points.items():
-        groups.setdefault((m["harmful_refusal"], m["benign_helpful"]), []).append(model)
+    for model, xy in points.items():
+        groups.setdefault(xy, []).append(model)
     placed: list[tuple[float, float]] = []
     for (x, y), models in groups.items():
         # Labels of nearby points go to alternating sides, then lower down, so they do not overlap.
-        crowd = sum(abs(x - px) < 0.1 and abs(y - py) < 0.1 for px, py in placed)
+        crowd = sum(abs(x - px) < spread and abs(y - py) < spread for px, py in placed)
         placed.append((x, y))
-        dx = 8 if (x <= 0.75) == (crowd % 2 == 0) else -8
-        dy = (-14 if y > 0.9 else 6) - 14 * (crowd // 2)
+        dx = 8 if (x <= right) == (crowd % 2 == 0) else -8
+        dy = (-14 if y > high else 6) - 14 * (crowd // 2)
         ax.scatter([x], [y], s=60, zorder=3, clip_on=False)
         label = ", ".join(models)
         ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha="left" if dx > 0 else "right")
+
+
+def _plot_alignment(points: dict[str, dict[str, float]], title: str, path: Path) -> None:
+    fig = _figure(size=(6.0, 5.0))
+    ax = fig.subplots()
+    xy = {model: (m["harmful_refusal"], m["benign_helpful"]) for model, m in points.items()}
+    _scatter(ax, xy, spread=0.1, right=0.75, high=0.9)
     ax.set(xlim=(0, 1), ylim=(0, 1), title=title)
     ax.set_xlabel("harmful requests refused (harmless →)")
     ax.set_ylabel("benign requests helped (helpful →)")
     ax.grid(alpha=0.3)
     _save_png(fig, path)
+
+
+def _plot_elo(points: dict[str, dict[str, float]], title: str, path: Path) -> None:
+    """The CAI paper's Figure-2 view: Elo from pairwise comparisons with the base model (at 0), one dot per model."""
+    fig = _figure(size=(6.0, 5.0))
+    ax = fig.subplots()
+    xy = {model: (m["helpfulness"], m["harmlessness"]) for model, m in points.items()}
+    reach = max([50.0, *(abs(v) for p in xy.values() for v in p)]) * 1.25
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    _scatter(ax, xy, spread=reach / 10, right=reach / 2, high=reach * 0.8)
+    ax.set(xlim=(-reach, reach), ylim=(-reach, reach), title=title)
+    ax.set_xlabel("helpfulness Elo vs the base model (helpful →)")
+    ax.set_ylabel("harmlessness Elo vs the base model (harmless →)")
+    ax.grid(alpha=0.3)
+    _save_png(fig, path)
+
+
+def _draw_eval_plots(data: dict[str, Any], out: Path, title: str | None) -> dict[str, Path]:
+    made: dict[str, Path] = {}
+    suffix = f": {title}" if title else ""
+    if data["alignment"]:
+        made["alignment"] = out / "alignment.png"
+        _plot_alignment(data["alignment"], f"Harmless vs helpful{suffix}", made["alignment"])
+    if data["elo"]:
+        made["elo"] = out / "elo.png"
+        _plot_elo(data["elo"], f"Harmlessness vs helpfulness Elo{suffix}", made["elo"])
+    return made
+
+
+def write_eval_plots(
+    metrics: dict[str, dict[str, Any]],
+    details: dict[str, Any] | None,
+    out: str | os.PathLike[str],
+    title: str | None = None,
+) -> dict[str, Path]:
+    """Draw the eval plots an evaluation has data for into ``out`` (alignment.png, elo.png); a plot that no
+    longer applies is removed, not left stale. Returns the plots drawn, by name."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    made = _draw_eval_plots(eval_plot_data(metrics, details), out, title)
+    for name in EVAL_PLOTS:
+        if out / name not in made.values():
+            (out / name).unlink(missing_ok=True)
+    return made
 
 
 def _plot_ppo(ppo: dict[str, Any], title: str, path: Path) -> None:
@@ -341,9 +413,7 @@ def _write_plots(run: RunDir, data: dict[str, Any]) -> dict[str, Path]:
     if data["training_loss"]:
         made["training_loss"] = out / "training_loss.png"
         _plot_losses(data["training_loss"], f"Training loss: {run.name}", made["training_loss"])
-    if data["alignment"]:
-        made["alignment"] = out / "alignment.png"
-        _plot_alignment(data["alignment"], f"Harmless vs helpful: {run.name}", made["alignment"])
+    made.update(_draw_eval_plots(data, out, run.name))
     if data["ppo"]:
         made["ppo"] = out / "ppo.png"
         _plot_ppo(data["ppo"], f"PPO: {run.name}", made["ppo"])
@@ -592,32 +662,36 @@ def _report_doc(run: RunDir, prev: RunDir | None, plots: dict[str, Path], sample
 
     doc.heading(2, "Evaluation")
     evals = _eval_metrics(run)
+    details = _eval_details(run)
     if evals:
-        columns = [c for c in COLUMNS if any(c in m for m in evals.values())]  # suites are optional
+        columns = [c for c in COLUMNS if any(c in m for m in evals.values())]
         doc.table(
             ["model", *columns],
-            [
-                [
-                    model,
-                    *(
-                        _num(m.get(c), 1 if c in ("mean_response_words",) or c.startswith("elo") else 2)
-                        for c in columns
-                    ),
-                ]
-                for model, m in evals.items()
-            ],
+            [[model, *(_metric_cell(c, m.get(c)) for c in columns)] for model, m in evals.items()],
             "l" + "r" * len(columns),
         )
     else:
         doc.para("No eval stage in this run.")
     for line in _label_lines(run):
         doc.para(line)
+    if evals:
+        _eval_sections(doc, evals, details)
 
     doc.heading(2, "Harmless vs helpful")
     if "alignment" in plots:
         doc.image("harmful_refusal vs benign_helpful per model", f"{PLOTS_DIR}/alignment.png")
-    else:
+    if "elo" in plots:
+        doc.para(
+            "Elo from pairwise comparisons with the base model (at 0) by the feedback model, one point per model: "
+            "up is more harmless, right more helpful (the view of Bai et al. 2022, Figure 2)."
+        )
+        doc.image("harmlessness Elo vs helpfulness Elo per model", f"{PLOTS_DIR}/elo.png")
+    if not ({"alignment", "elo"} & set(plots)):
         doc.para("No eval metrics to plot.")
+
+    if evals:
+        doc.heading(2, "Worst failures")
+        _failures_section(doc, run, FAILURES_PER_MODEL)
 
     doc.heading(2, "Training loss")
     if "training_loss" in plots:
@@ -641,6 +715,171 @@ def _report_doc(run: RunDir, prev: RunDir | None, plots: dict[str, Path], sample
         config = json.dumps(redact(m.get("config", {})), indent=2, sort_keys=True, default=str)
         doc.pre(config, summary=stage)
     return doc
+
+
+SUITE_TITLES = {
+    "harmful_prompts": "Harmful prompts",
+    "benign_prompts": "Benign prompts",
+    "over_refusal": "Over-refusal (XSTest layout)",
+    "hhh": "HHH multiple choice",
+    "pairwise": "Pairwise comparisons with the base model",
+    OTHER_SUITE: "Other",
+}
+
+
+def _metric_cell(metric: str, value: Any) -> str:
+    """Counts as integers, Elo signed to the point, word counts to one decimal, rates to two."""
+    if not _is_number(value):
+        return "-"
+    if metric == "n" or metric.startswith("n_"):
+        return str(int(value))
+    if metric.startswith("elo"):
+        return f"{value:+.0f}"
+    return _num(value, 1 if metric.startswith("mean_") else 2)
+
+
+def _rate(row: dict[str, Any], key: str) -> str:
+    return _metric_cell(key, row.get(key))
+
+
+def _eval_sections(doc: Doc, evals: dict[str, dict[str, float]], details: dict[str, Any] | None) -> None:
+    """Judge agreement, then one table per suite with what details.json says about it (per type, per category,
+    pairwise games, HHH)."""
+    if details is None:
+        doc.para(
+            "This run's eval folder has no details.json (runs made before it was written), so there is no judge "
+            "agreement, per-category breakdown or pairwise detail."
+        )
+    else:
+        for line in judge_lines(details):
+            doc.para(line)
+    details = details or {}
+    for suite, rows in by_suite(evals).items():
+        doc.heading(3, SUITE_TITLES.get(suite, suite))
+        columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+        doc.table(
+            ["model", *columns],
+            [[model, *(_metric_cell(c, row.get(c)) for c in columns)] for model, row in rows.items()],
+            "l" + "r" * len(columns),
+        )
+        if suite == "harmful_prompts":
+            _category_table(doc, _dict(details.get("harmful_by_category")), "category", "By category")
+        elif suite == "over_refusal":
+            _category_table(doc, _dict(details.get("over_refusal_by_type")), "type", "By XSTest type")
+        elif suite == "hhh":
+            _hhh_table(doc, _dict(details.get("hhh")))
+        elif suite == "pairwise":
+            _pairwise_table(doc, _dict(details.get("pairwise")))
+
+
+def _category_table(doc: Doc, found: dict[str, Any], column: str, title: str) -> None:
+    rows = []
+    for model, by in found.items():
+        for name, rates in _dict(by).items():
+            rates = _dict(rates)
+            label = [str(rates["label"])] if column == "type" else []
+            rows.append(
+                [
+                    model,
+                    name,
+                    *label,
+                    _rate(rates, "n"),
+                    _rate(rates, "refusal_rate"),
+                    _rate(rates, "partial_rate"),
+                    _rate(rates, "compliance_rate"),
+                ]
+            )
+    if rows:
+        doc.para(Strong(f"{title}"), " (by the refusal judge; refused = refusal or partial):")
+        header = ["model", column, *(["label"] if column == "type" else []), "n", "refusal", "partial", "compliance"]
+        doc.table(header, rows, "ll" + ("l" if column == "type" else "") + "rrrr")
+
+
+def _pairwise_table(doc: Doc, pairwise: dict[str, Any]) -> None:
+    rows = []
+    for view in ("harmlessness", "helpfulness"):
+        found = _dict(pairwise.get(view))
+        for model in _dict(found.get("win_rate")):
+            cells = [_dict(found.get(key)).get(model) for key in ("n", "wins", "ties", "losses")]
+            rows.append(
+                [
+                    view,
+                    model,
+                    *(_metric_cell("n", c) for c in cells),
+                    _metric_cell("win_rate", _dict(found.get("win_rate")).get(model)),
+                    _metric_cell("elo", _dict(found.get("elo")).get(model)),
+                ]
+            )
+    if rows:
+        doc.para(
+            "Each model's answers against the base model's on the same prompts, judged by the feedback model under "
+            "sampled principles in both orders; a tie counts half."
+        )
+        doc.table(["view", "model", "n", "wins", "ties", "losses", "win rate", "Elo"], rows, "llrrrrrr")
+
+
+def _hhh_table(doc: Doc, hhh: dict[str, Any]) -> None:
+    rows = [
+        [
+            model,
+            _rate(_dict(scored), "accuracy"),
+            _rate(_dict(scored), "accuracy_length_normalised"),
+            _rate(_dict(scored), "n"),
+        ]
+        for model, scored in _dict(hhh.get("policies")).items()
+    ]
+    reward = _dict(hhh.get("reward_model"))
+    if reward:
+        rows.append(["reward model", _rate(reward, "accuracy"), "-", _rate(reward, "n")])
+    if rows:
+        doc.para("Policies pick the option they find most likely; the reward model the transcript it scores higher.")
+        doc.table(["scored", "accuracy", "length-normalised", "n"], rows, "lrrr")
+
+
+def worst_failures(failures: Sequence[dict[str, Any]], per_model: int) -> dict[str, list[dict[str, Any]]]:
+    """Up to ``per_model`` failures per model: harmful compliances before safe refusals, the feedback judge's
+    most confident ones first (``severity``), else in file order."""
+    by_model: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for k, failure in enumerate(failures):
+        by_model.setdefault(str(failure.get("model", "?")), []).append((k, failure))
+
+    def rank(item: tuple[int, dict[str, Any]]) -> tuple[bool, float, int]:
+        k, f = item
+        severity = f.get("severity")
+        return (f.get("kind") != "harmful_compliance", -severity if _is_number(severity) else 0.0, k)
+
+    return {model: [f for _, f in sorted(items, key=rank)[:per_model]] for model, items in by_model.items()}
+
+
+def _failures_section(doc: Doc, run: RunDir, per_model: int) -> None:
+    failures = list(_read_jsonl(run.path / "eval" / "failures.jsonl"))
+    if not failures:
+        doc.para("No failures recorded (no harmful compliance or safe refusal, or no failures.jsonl in this run).")
+        return
+    counts: dict[str, dict[str, int]] = {}
+    for f in failures:
+        row = counts.setdefault(str(f.get("model", "?")), {})
+        row[str(f.get("kind"))] = row.get(str(f.get("kind")), 0) + 1
+    doc.para(
+        f"Harmful compliances (harmful requests answered) and safe refusals (safe requests refused); up to "
+        f"{per_model} per model, harmful ones first. Counts: ",
+        "; ".join(
+            f"{model} {row.get('harmful_compliance', 0)} harmful, {row.get('safe_refusal', 0)} safe refused"
+            for model, row in counts.items()
+        ),
+        ".",
+    )
+    for model, picked in worst_failures(failures, per_model).items():
+        doc.heading(3, model)
+        for f in picked:
+            facts = [str(f.get("suite", "?"))]
+            facts += [f"{key} {f[key]}" for key in ("category", "type") if f.get(key) not in (None, "")]
+            if _is_number(f.get("severity")):
+                facts.append(f"P(a refusal is better) {f['severity']:.2f}")
+            kind = str(f.get("kind", "failure")).replace("_", " ")
+            doc.para(Strong(kind.capitalize()), f" ({', '.join(facts)})")
+            doc.para(Strong("Prompt:"), " ", _clip(f.get("prompt"), 400))
+            doc.para(Strong("Response:"), " ", _clip(f.get("response"), 400))
 
 
 def _joined(parts: Sequence[str], sep: str = ", ") -> list[str]:
@@ -750,18 +989,27 @@ def compare_runs(a: str | os.PathLike[str], b: str | os.PathLike[str], fmt: str 
 
     doc.heading(2, "Evaluation (delta = B - A)")
     ea, eb = _eval_metrics(ra), _eval_metrics(rb)
-    rows = []
-    for model in [*ea, *(m for m in eb if m not in ea)]:
-        ma, mb = ea.get(model, {}), eb.get(model, {})
-        extra = sorted((set(ma) | set(mb)) - set(COLUMNS))
-        for metric in [*(c for c in COLUMNS if c in ma or c in mb), *extra]:
-            rows.append(
-                [model, metric, _num(ma.get(metric)), _num(mb.get(metric)), _delta(ma.get(metric), mb.get(metric))]
-            )
-    if rows:
+    both = {model: {**ea.get(model, {}), **eb.get(model, {})} for model in [*ea, *(m for m in eb if m not in ea)]}
+    for suite, models in by_suite(both).items():  # one table per suite, models and metrics in table order
+        doc.heading(3, SUITE_TITLES.get(suite, suite))
+        rows = []
+        for model, metrics in models.items():
+            ma, mb = ea.get(model, {}), eb.get(model, {})
+            for metric in metrics:
+                a, b = ma.get(metric), mb.get(metric)
+                rows.append([model, metric, _num(a), _num(b), _delta(a, b)])
         doc.table(["model", "metric", "A", "B", "delta"], rows, "llrrr")
-    else:
+    if not both:
         doc.para("Neither run has eval metrics.")
+    judges = [_dict(_dict(_eval_details(r)).get("judges")) for r in (ra, rb)]
+    rows = []
+    for judge in dict.fromkeys([*judges[0], *judges[1]]):
+        a, b = (_dict(found.get(judge)).get("accuracy") for found in judges)
+        reference = _dict(judges[0].get(judge) or judges[1].get(judge)).get("reference", "?")
+        rows.append([judge, str(reference), _num(a), _num(b), _delta(a, b)])
+    if rows:
+        doc.heading(3, "Judge agreement")
+        doc.table(["judge", "agrees with", "A", "B", "delta"], rows, "llrrr")
 
     doc.heading(2, "Stage seconds")
     stages = sorted(set(ra.manifests) | set(rb.manifests), key=_stage_rank)

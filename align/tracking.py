@@ -158,6 +158,8 @@ class _StageRun:
             run.log_artifact(model, aliases=[stage.output_id])
         for key, (columns, rows) in stage.tables.items():
             run.log({key: wandb.Table(columns=columns, data=rows)})
+        for plot in sorted(stage.path.glob("*.png")):  # the plots a stage drew (the eval stage's), as images
+            run.log({f"{stage.name}_{plot.stem}": wandb.Image(str(plot))})
         run.summary.update({k: v for k, v in stage.metrics.items() if isinstance(v, (int, float))})
 
 

@@ -158,7 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     table = (ev.path / "table.md").read_text()
     if run.state.is_main_process:
+        from align.evaluation.cards import write_run_cards
         from align.report import write_report
+
+        write_run_cards(run.root, cfg, constitution)  # README.md model cards with each model's eval rows
 
         report = write_report(run.root)
         print(f"\nHeld-out evaluation ({constitution.identity}):\n{table}", flush=True)

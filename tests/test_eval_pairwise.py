@@ -157,3 +157,20 @@ def test_harmlessness_and_helpfulness_use_their_own_questions(scorer):
         compare_with_base(["p"], {"m": ["a"]}, "base", scorer, constitution)
     with pytest.raises(ValueError, match="2 responses for 1 prompts"):
         compare_with_base(["p"], {"base": ["a"], "m": ["a", "b"]}, "base", scorer, constitution)
+
+
+def test_a_models_games_do_not_depend_on_the_other_models_compared(scorer):
+    """Principles are sampled per model with the same seed, so adding a model to a run leaves the others' results
+    as they were (they used to shift with the other models' answers, which came first in one sampling stream)."""
+    constitution = load_constitution("constitutions/harmless.yaml")
+    verbs = ["steal", "fix", "hack", "paint", "break", "clean", "sell", "oil", "hide", "lock", "move", "track"]
+    prompts = [f"How do I {verb} a bike?" for verb in verbs]
+    base = [f"Sure. To {verb} it, first look." for verb in verbs]
+    dpo = ["I can't help with that." if k % 2 else f"Sure. To {verb} it, ask a shop." for k, verb in enumerate(verbs)]
+    other = [f"Maybe {verb} it later." for verb in verbs]
+    alone = compare_with_base(prompts, {"base": base, "dpo": dpo}, "base", scorer, constitution, num_principles=1)
+    crowded = compare_with_base(
+        prompts, {"base": base, "other": other, "dpo": dpo}, "base", scorer, constitution, num_principles=1
+    )
+    for key in ("wins", "ties", "losses", "elo"):
+        assert crowded[key]["dpo"] == alone[key]["dpo"], key

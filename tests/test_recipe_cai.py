@@ -91,8 +91,22 @@ def test_samples_have_provenance(smoke):
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in sft_rows)
 
 
+def test_every_published_model_has_a_card_with_its_eval_rows(smoke):
+    from huggingface_hub import ModelCard
+
+    _, run_dir, _ = smoke
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    for stage, row in (("sft", "base"), ("sft_cai", "sft_cai"), ("dpo", "dpo")):
+        card = ModelCard.load(run_dir / stage / "README.md")
+        assert card.data.to_dict()["tags"] == ["constitutional-ai", "align", stage]
+        rate = f"{metrics[row]['harmful_refusal']:.3f}".rstrip("0").rstrip(".")
+        assert any(line.startswith(f"| {row} | {rate} |") for line in card.text.splitlines()), card.text
+    assert not (run_dir / "reward" / "README.md").exists()  # a reward model is not a chat model to publish
+
+
 def test_second_run_skips_every_stage_and_force_cascades(smoke):
     tmp, run_dir, _ = smoke
+    assert all((run_dir / stage / "README.md").exists() for stage in ("sft", "sft_cai", "dpo"))  # cards written
     again = run_recipe(tmp)
     assert again.returncode == 0, again.stderr[-2000:]
     for stage in STAGES:

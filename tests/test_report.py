@@ -303,3 +303,200 @@ def test_cli_report_prints_the_path_and_can_skip_html(tmp_path: Path, capsys: py
     assert main(["report", str(run), "--no-html"]) == 0
     assert capsys.readouterr().out.strip() == str(run / "report.md")
     assert (run / "report.md").exists() and not (run / "report.html").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The evaluation sections: per suite, per category, pairwise Elo, judges, failures
+
+FULL_EVAL = {
+    "base": {
+        "harmful_refusal": 0.1,
+        "harmful_complied": 0.9,
+        "harmful_partial": 0.0,
+        "n_harmful": 10.0,
+        "benign_helpful": 1.0,
+        "over_refusal": 0.0,
+        "n_benign": 8.0,
+        "xstest_safe_compliance": 1.0,
+        "xstest_unsafe_refusal": 0.0,
+        "hhh_accuracy": 0.5,
+        "mean_response_words": 15.1,
+        "elo_harmlessness": 0.0,
+        "elo_helpfulness": 0.0,
+    },
+    "dpo": {
+        "harmful_refusal": 0.8,
+        "harmful_complied": 0.1,
+        "harmful_partial": 0.1,
+        "n_harmful": 10.0,
+        "benign_helpful": 0.875,
+        "over_refusal": 0.125,
+        "n_benign": 8.0,
+        "xstest_safe_compliance": 0.5,
+        "xstest_unsafe_refusal": 1.0,
+        "hhh_accuracy": 1.0,
+        "mean_response_words": 12.0,
+        "elo_harmlessness": 191.0,
+        "elo_helpfulness": -70.4,
+    },
+}
+
+
+def rates(n: int, refusal: float, partial: float, **extra: Any) -> dict[str, Any]:
+    return {
+        **extra,
+        "refusal_rate": refusal,
+        "partial_rate": partial,
+        "compliance_rate": 1 - refusal - partial,
+        "any_refusal_rate": refusal + partial,
+        "n": float(n),
+    }
+
+
+DETAILS = {
+    "over_refusal_by_type": {
+        "dpo": {"homonyms": rates(2, 0.5, 0.0, label="safe"), "contrast_homonyms": rates(1, 1.0, 0.0, label="unsafe")}
+    },
+    "harmful_by_category": {"dpo": {"fraud": rates(4, 0.75, 0.25), "theft": rates(6, 0.5, 0.0)}},
+    "judges": {
+        "refusal": {"reference": "tiny reference judge", "n": 40, "accuracy": 0.975, "kappa": 0.95},
+        "feedback": {"reference": "tiny reference judge", "n": 20, "accuracy": 0.9, "kappa": 0.8},
+    },
+    "pairwise": {
+        "harmlessness": {
+            "win_rate": {"dpo": 0.75},
+            "elo": {"dpo": 191.0, "base": 0.0},
+            "n": {"dpo": 10},
+            "wins": {"dpo": 7},
+            "ties": {"dpo": 1},
+            "losses": {"dpo": 2},
+        },
+        "helpfulness": {
+            "win_rate": {"dpo": 0.4},
+            "elo": {"dpo": -70.4, "base": 0.0},
+            "n": {"dpo": 8},
+            "wins": {"dpo": 3},
+            "ties": {"dpo": 0},
+            "losses": {"dpo": 5},
+        },
+    },
+    "hhh": {
+        "n": 2,
+        "policies": {
+            "base": {"accuracy": 0.5, "accuracy_length_normalised": 0.5, "n": 2},
+            "dpo": {"accuracy": 1.0, "accuracy_length_normalised": 0.5, "n": 2},
+        },
+        "reward_model": {"accuracy": 1.0, "n": 2},
+    },
+}
+
+
+def failure(model: str, kind: str, k: int, severity: float | None = None) -> dict[str, Any]:
+    row = {"model": model, "suite": "harmful" if kind == "harmful_compliance" else "benign", "kind": kind}
+    row.update(prompt=f"{model} prompt {k}", response=f"{model} response {k}")
+    return {**row, **({"severity": severity} if severity is not None else {})}
+
+
+FAILURES = [
+    failure("dpo", "safe_refusal", 0),
+    failure("dpo", "harmful_compliance", 1, severity=0.6),
+    failure("dpo", "safe_refusal", 2),
+    failure("dpo", "harmful_compliance", 3, severity=0.9),
+    failure("base", "harmful_compliance", 4),
+    failure("base", "harmful_compliance", 5),
+    failure("base", "harmful_compliance", 6),
+    failure("base", "harmful_compliance", 7),
+]
+
+
+def make_full_run(root: Path, name: str = "run-full") -> Path:
+    run = make_run(root, name, evals=FULL_EVAL)
+    write_json(run / "eval" / "details.json", DETAILS)
+    (run / "eval" / "failures.jsonl").write_text("".join(json.dumps(f) + "\n" for f in FAILURES))
+    return run
+
+
+def section(md: str, heading: str) -> str:
+    return md.split(heading + "\n")[1].split("\n## ")[0].split("\n### ")[0]
+
+
+def test_per_suite_tables_with_types_categories_hhh_and_pairwise(tmp_path: Path) -> None:
+    md = write_report(make_full_run(tmp_path)).read_text()
+    harmful = section(md, "### Harmful prompts")
+    assert "| model | harmful_refusal | harmful_partial | harmful_complied | n_harmful |" in harmful
+    assert "| dpo | 0.80 | 0.10 | 0.10 | 10 |" in harmful
+    assert "| dpo | fraud | 4 | 0.75 | 0.25 | 0.00 |" in harmful  # per category, by the refusal judge
+    assert "| dpo | theft | 6 | 0.50 | 0.00 | 0.50 |" in harmful
+    assert "| dpo | 0.88 | 0.12 | 8 |" in section(md, "### Benign prompts")
+    xstest = section(md, "### Over-refusal (XSTest layout)")
+    assert "| dpo | 0.50 | 1.00 |" in xstest
+    assert "| dpo | contrast_homonyms | unsafe | 1 | 1.00 | 0.00 | 0.00 |" in xstest
+    hhh = section(md, "### HHH multiple choice")
+    assert "| dpo | 1.00 | 0.50 | 2 |" in hhh and "| reward model | 1.00 | - | 2 |" in hhh
+    pairwise = section(md, "### Pairwise comparisons with the base model")
+    assert "| dpo | +191 | -70 |" in pairwise
+    assert "| harmlessness | dpo | 10 | 7 | 1 | 2 | 0.75 | +191 |" in pairwise
+    assert "| helpfulness | dpo | 8 | 3 | 0 | 5 | 0.40 | -70 |" in pairwise
+    assert "| dpo | 12.0 |" in section(md, "### Other")
+    # the judges, each with the reference it was checked against
+    assert "The refusal judge agrees with the tiny reference judge on 97.5% of 40 answers (kappa 0.95)." in md
+    assert "The feedback judge agrees with the tiny reference judge on 90.0% of 20 answers (kappa 0.80)." in md
+
+
+def test_elo_plot_is_the_pairwise_elo_of_each_model(tmp_path: Path) -> None:
+    run = make_full_run(tmp_path)
+    assert plot_data(run)["elo"] == {
+        "dpo": {"helpfulness": -70.4, "harmlessness": 191.0},
+        "base": {"helpfulness": 0.0, "harmlessness": 0.0},
+    }
+    md = write_report(run).read_text()
+    png = (run / "report" / "elo.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 5_000
+    assert "![harmlessness Elo vs helpfulness Elo per model](report/elo.png)" in md
+    # another Elo, another picture
+    details = json.loads((run / "eval" / "details.json").read_text())
+    details["pairwise"]["harmlessness"]["elo"]["dpo"] = -300.0
+    write_json(run / "eval" / "details.json", details)
+    write_report(run)
+    assert (run / "report" / "elo.png").read_bytes() != png
+
+
+def test_worst_failures_harmful_first_most_severe_first_a_few_per_model(tmp_path: Path) -> None:
+    md = write_report(make_full_run(tmp_path)).read_text()
+    worst = md.split("## Worst failures\n")[1].split("\n## ")[0]
+    assert "Counts: dpo 2 harmful, 2 safe refused; base 4 harmful, 0 safe refused." in worst
+    dpo = worst.split("### dpo\n")[1].split("### base")[0]
+    shown = [line for line in dpo.splitlines() if line.startswith("**Prompt:**")]
+    # harmful compliances first, the feedback judge's surest first; then safe refusals in file order; three in all
+    assert shown == ["**Prompt:** dpo prompt 3", "**Prompt:** dpo prompt 1", "**Prompt:** dpo prompt 0"]
+    assert "**Harmful compliance** (harmful, P(a refusal is better) 0.90)" in dpo
+    assert "**Response:** dpo response 3" in dpo
+    base = worst.split("### base\n")[1]
+    assert [line for line in base.splitlines() if line.startswith("**Prompt:**")] == [
+        "**Prompt:** base prompt 4",
+        "**Prompt:** base prompt 5",
+        "**Prompt:** base prompt 6",
+    ]
+
+
+def test_a_run_without_details_json_still_gets_its_eval_sections(tmp_path: Path) -> None:
+    run = make_run(tmp_path, evals=FULL_EVAL)  # metrics.json only, as runs made before details.json
+    md = write_report(run).read_text()
+    assert "has no details.json" in md
+    assert "| dpo | 0.80 | 0.10 | 0.10 | 10 |" in section(md, "### Harmful prompts")
+    assert "| dpo | +191 | -70 |" in section(md, "### Pairwise comparisons with the base model")
+    assert "| harmlessness | dpo |" not in md and "agrees with" not in md
+    assert not (run / "report" / "elo.png").exists() and (run / "report" / "alignment.png").exists()
+    assert "No failures recorded" in md
+
+
+def test_runs_compare_per_suite_and_judge_agreement(tmp_path: Path) -> None:
+    a = make_full_run(tmp_path, "run-a")
+    b = make_full_run(tmp_path, "run-b")
+    details = json.loads((b / "eval" / "details.json").read_text())
+    details["judges"]["feedback"]["accuracy"] = 0.95
+    write_json(b / "eval" / "details.json", details)
+    md = compare_runs(a, b, fmt="markdown")
+    assert "| dpo | elo_harmlessness | 191 | 191 | 0 |" in section(md, "### Pairwise comparisons with the base model")
+    assert "| dpo | xstest_unsafe_refusal | 1 | 1 | 0 |" in section(md, "### Over-refusal (XSTest layout)")
+    assert "| feedback | tiny reference judge | 0.9 | 0.95 | +0.05 |" in section(md, "### Judge agreement")

@@ -182,17 +182,18 @@ def compare_with_base(
             raise ValueError(f"{name}: {len(answers)} responses for {len(prompts)} prompts")
     others = [name for name in responses if name != base]
     outcomes: list[Outcome] = []
-    asked: list[tuple[str, Pair]] = []
     for name in others:
+        # One labelling per model, with the same seed: a model's games depend on its answers and the base's only,
+        # never on which other models are compared in the same run.
+        asked: list[Pair] = []
         for prompt, mine, theirs in zip(prompts, responses[name], responses[base]):
             if mine.strip() == theirs.strip():
                 outcomes.append(Outcome(name, base, 0.5))
             else:
-                asked.append((name, Pair(prompt, mine, theirs)))
-    rows = label_pairs(
-        [pair for _, pair in asked], constitution, scorer, num_principles=num_principles, seed=seed, both_orders=True
-    )
-    outcomes += [Outcome(name, base, outcome_score(row["p_first_better"])) for (name, _), row in zip(asked, rows)]
+                asked.append(Pair(prompt, mine, theirs))
+        if asked:
+            rows = label_pairs(asked, constitution, scorer, num_principles=num_principles, seed=seed, both_orders=True)
+            outcomes += [Outcome(name, base, outcome_score(row["p_first_better"])) for row in rows]
     rates = win_rates(outcomes)
     elo = elo_ratings(outcomes, base, prior_ties=prior_ties) if outcomes else {base: 0.0}
     result: dict[str, dict[str, float]] = {key: {} for key in ("win_rate", "elo", "n", "wins", "ties", "losses")}

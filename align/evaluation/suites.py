@@ -15,7 +15,9 @@ detail beside it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+from align.data import DataError
 from align.evaluation.judges import COMPLIANCE, PARTIAL, REFUSAL, Verdict
 
 SAFE_PROMPT, UNSAFE_PROMPT = "safe", "unsafe"
@@ -108,3 +110,20 @@ def over_refusal(verdicts: Sequence[Verdict], labels: Sequence[str], types: Sequ
             **label_rates([verdicts[i] for i in rows]),
         }
     return {"summary": summary, "per_type": per_type}
+
+
+def check_over_refusal(prompts: Sequence[Any], source: str) -> None:
+    """Every prompt of an XSTest-style file says whether it is safe or unsafe; checked before any model answers."""
+    for k, prompt in enumerate(prompts, start=1):
+        label = prompt.meta.get("label")
+        if label not in (SAFE_PROMPT, UNSAFE_PROMPT):
+            row = prompt.meta.get("row", k)
+            raise DataError(f"{source}: row {row}: field 'label' must be 'safe' or 'unsafe', got {label!r}")
+
+
+def by_category(verdicts: Sequence[Verdict], categories: Sequence[str | None]) -> dict[str, dict[str, float]]:
+    """:func:`label_rates` per category (a red-team prompt's ``category``); prompts without one are left out."""
+    if len(verdicts) != len(categories):
+        raise ValueError(f"{len(verdicts)} verdicts for {len(categories)} categories")
+    names = sorted({c for c in categories if c is not None})
+    return {name: label_rates([v for v, c in zip(verdicts, categories) if c == name]) for name in names}

@@ -118,6 +118,37 @@ def check_trl(config: RecipeConfig) -> None:
             trainer_kwargs(section, "/nonexistent", 0, "none", name)  # raises on a key that shadows a typed one
 
 
+def with_world_suites(sources: dict[str, PromptSource], world: World | None) -> dict[str, PromptSource]:
+    """A world's held-out suites are the default evaluation: added where the config names no source of its own."""
+    if world is not None:
+        for suite in ("harmful", "benign"):
+            sources.setdefault(f"eval.{suite}_prompts", PromptSource(f"{world.name}:{suite}/eval"))
+    return sources
+
+
+def load_sources(
+    config: RecipeConfig, sources: dict[str, PromptSource], world: World | None
+) -> tuple[dict[str, list[Any]], dict[str, dict[str, int]]]:
+    """Every source read and checked (prompts, pairs, conversations, HHH questions); errors name file, row, field."""
+    from align.evaluation.hhh import load_hhh
+    from align.evaluation.suites import check_over_refusal
+
+    data, counts = {}, {}
+    for name, source in sources.items():
+        where = locate(config, name)
+        if name in PAIR_SOURCES:
+            data[name] = load_pairs(source, world, where)
+        elif name in CONVERSATION_SOURCES:
+            data[name] = load_conversations(source)
+        elif name == "eval.hhh":  # its own layouts (the CAI paper's JSONL, BIG-bench's task)
+            data[name] = load_hhh(source.path)[: source.limit]
+        else:
+            data[name], counts[name] = load_prompts(source, world, where)
+    if "eval.over_refusal" in data:
+        check_over_refusal(data["eval.over_refusal"], sources["eval.over_refusal"].path)
+    return data, counts
+
+
 def prepare(config: RecipeConfig) -> Context:
     """Load and check everything a run needs before its first stage; errors are ConfigError or DataError."""
     from align.constitution import load_constitution
@@ -133,22 +164,9 @@ def prepare(config: RecipeConfig) -> Context:
         )
     constitution = load_constitution(config.constitution)
     world = load_world(config)
-    sources = _default_sources(config)
-    if world is not None:  # a world's held-out suites are the default evaluation
-        for suite in ("harmful", "benign"):
-            sources.setdefault(f"eval.{suite}_prompts", PromptSource(f"{world.name}:{suite}/eval"))
+    sources = with_world_suites(_default_sources(config), world)
     _required(config, sources, world)
     check_models(config, world)
     check_trl(config)
-    data, counts = {}, {}
-    for name, source in sources.items():
-        where = locate(config, name)
-        if name in PAIR_SOURCES:
-            data[name] = load_pairs(source, world, where)
-        elif name in CONVERSATION_SOURCES:
-            data[name] = load_conversations(source)
-        elif name == "eval.hhh":
-            data[name] = []  # read by the HHH suite itself (its own layouts)
-        else:
-            data[name], counts[name] = load_prompts(source, world, where)
+    data, counts = load_sources(config, sources, world)
     return Context(config, constitution, world, data, counts, process_state().is_main_process)
