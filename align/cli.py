@@ -23,13 +23,17 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from align.constitution import SUFFIXES, Constitution, ConstitutionError, load_constitution
 from align.constitution.diff import diff_constitutions
-from align.constitution.edit import bump_file, dump_constitution, write_atomic
+from align.constitution.edit import bump_file, dump_constitution
 from align.constitution.layouts import Imported, export_llm_swarm, import_anthropic, import_llm_swarm
 from align.constitution.lint import lint
+from align.constitution.model import parse_constitution_text
 from align.constitution.render import render_markdown, render_text
 from align.constitution.sources import check_file, load_at_revision, read_source, split_source
+from align.files import WriteError, write_text_atomic
 from align.report import RunError, compare_runs, write_report
 
 __all__ = ["build_parser", "main"]
@@ -188,7 +192,7 @@ def _write_output(out: str, text: str, force: bool) -> None:
         return
     if os.path.exists(out) and not force:
         raise ConstitutionError("already exists; pass --force to overwrite it", source=out)
-    write_atomic(out, text)
+    write_text_atomic(out, text)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -204,18 +208,19 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise ConstitutionError(f"output must end in one of {', '.join(SUFFIXES)}", source=args.output)
     trailer: list[str] = []
     if imported.unpaired_comparisons:
-        trailer = ["Comparison questions from the import with no principle to attach to; kept here for review:"]
-        trailer += [f"- {q}" for q in imported.unpaired_comparisons]
+        questions = yaml.safe_dump(list(imported.unpaired_comparisons), allow_unicode=True, width=4096)
+        note = "Comparison questions from the import with no principle to attach to; kept here for review:"
+        trailer = [note, questions]
         if suffix == ".json":
             _err("note: JSON cannot hold comments; these comparison questions are not in the output:")
-            for q in imported.unpaired_comparisons:
-                _err(f"  - {q}")
+            _err(textwrap.indent(questions, "  ").rstrip("\n"))
     comments = [f"Imported by `align constitution import --from {args.source_format}` from {Path(args.file).name}."]
     text = dump_constitution(imported.constitution, suffix, comments=comments, trailer=trailer)
     _write_output(args.output, text, args.force)
     for note in imported.notes:
         _err(f"note: {note}")
-    c = imported.constitution
+    # the identity of what was written: dump_constitution checked that the text parses back to it
+    c = parse_constitution_text(text, args.output, suffix=suffix)
     _err(f"imported {_count(len(c.principles), 'principle')} and {_count(len(c.few_shot), 'few-shot example')}")
     _err(f"  as {c.identity} in {args.output}")
     return 0
@@ -356,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return handler(args)
-    except ConstitutionError as e:
+    except (ConstitutionError, WriteError) as e:
         _err(f"error: {e}")
         return 2
     except BrokenPipeError:

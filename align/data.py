@@ -8,16 +8,30 @@ row is found before hours of generation run on it.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import os
 import re
-import uuid
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+# The writers live in align.files (one atomic-write helper); they are re-exported here for existing callers.
+from align.files import WriteError, write_jsonl_atomic, write_text_atomic
+
+__all__ = [
+    "DataError",
+    "WriteError",
+    "dataset_fingerprint",
+    "limit_prompt_length",
+    "load_preference_pairs",
+    "load_prompts",
+    "load_records",
+    "parse_hh_transcript",
+    "prompt_from_row",
+    "read_jsonl",
+    "write_jsonl_atomic",
+    "write_text_atomic",
+]
 
 if TYPE_CHECKING:
     import datasets
@@ -35,10 +49,6 @@ _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 class DataError(ValueError):
     """Bad input data; the message names the file or dataset, the row and the field to fix."""
-
-
-class WriteError(OSError):
-    """An output file could not be written (disk full, permissions); names the file, which was left untouched."""
 
 
 def load_prompts(
@@ -198,55 +208,6 @@ def dataset_fingerprint(source: str, *, split: str = "train") -> str:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> int:
-    """Write `rows` as JSON lines so that readers see the old file or the whole new one, never half.
-
-    The rows go to a temp file next to `path` (same filesystem, so the rename is atomic), which is
-    fsynced and renamed over `path`. If writing fails, the temp file is removed, `path` is untouched and a
-    :class:`WriteError` names `path` (a bare ENOSPC from deep inside a stage names no file).
-    """
-    path = Path(path)
-    count = 0
-    with _write_errors_named(path) as tmp:
-        # os.open with 0o666 honours the umask, unlike mkstemp's 0o600.
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    return count
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file (a manifest, a table) atomically, like :func:`write_jsonl_atomic`."""
-    path = Path(path)
-    with _write_errors_named(path) as tmp:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _write_errors_named(path: Path) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; on failure remove it and raise :class:`WriteError` naming ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        hint = " (disk full)" if err.errno == errno.ENOSPC else ""
-        message = f"{path}: cannot write: {err.strerror or err}{hint}; the file was left as it was"
-        raise WriteError(err.errno, message) from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

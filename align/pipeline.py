@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from align.distributed import process_state
+from align.files import write_json_atomic  # re-exported: recipes import it from here
 
 MANIFEST = "manifest.json"
 RESUMABLE = ("shards", "checkpoints")  # what an interrupted attempt leaves for the next one
@@ -60,13 +61,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{rev}-dirty" if rev and dirty else rev or "unknown"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Readers see the old file or the new one; a failed write (disk full) names ``path`` and leaves it alone."""
-    from align.data import write_text_atomic
-
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 @dataclass

@@ -12,20 +12,22 @@ keys whose names suggest credentials are dropped before a config is shown (see :
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from align.constitution import Constitution, ConstitutionError, load_constitution_data
 from align.constitution.diff import diff_constitutions
 from align.constitution.render import render_markdown, render_text
 from align.evaluation.metrics import COLUMNS
+from align.files import atomic_write, write_text_atomic
 from align.pipeline import MANIFEST
 
 __all__ = ["RunError", "compare_runs", "load_run", "plot_data", "redact", "write_report"]
@@ -262,24 +264,11 @@ def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.5, 3.
     return fig
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Temp file and rename, so a reader never sees half a report; created like any file (umask), not 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def _save_png(fig: Any, path: Path) -> None:
-    _write_atomic(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    data = buffer.getvalue()
+    atomic_write(path, lambda f: f.write(data), unchanged=data)
 
 
 def _plot_losses(losses: dict[str, dict[str, list[float]]], title: str, path: Path) -> None:
@@ -555,9 +544,9 @@ def write_report(
     plots = _write_plots(run, data)
     doc = _report_doc(run, prev, plots, samples)
     target = run.path / "report.md"
-    _write_text(target, _scrub(doc.markdown()))
+    write_text_atomic(target, _scrub(doc.markdown()))
     if html:
-        _write_text(run.path / "report.html", _scrub(doc.html(f"Run report: {run.name}")))
+        write_text_atomic(run.path / "report.html", _scrub(doc.html(f"Run report: {run.name}")))
     return target
 
 

@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from align.config import LoraSettings, TrainSettings
 from align.faults import fault_point, stage_of
+from align.files import write_text_atomic
 from align.integrity import safetensors_problem, torch_file_problem
 from align.train.errors import TrainingDiverged
 
@@ -101,7 +102,7 @@ def save_merged(trainer, tokenizer, output_dir: str) -> None:
         unwrapped.save_pretrained(output_dir, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
         history = json.dumps(trainer.state.log_history, indent=1, default=float)
-        (Path(output_dir) / "log_history.json").write_text(history + "\n")
+        write_text_atomic(Path(output_dir) / "log_history.json", history + "\n")
     trainer.accelerator.wait_for_everyone()
 
 
