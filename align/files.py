@@ -34,14 +34,16 @@ class WriteError(OSError):
         return self.strerror or super().__str__()
 
 
-def write_error(path: str | os.PathLike, err: BaseException) -> WriteError:
-    """The :class:`WriteError` for ``path`` failing with ``err`` (an OSError, or a library's wrapped one)."""
+def write_error(
+    path: str | os.PathLike, err: BaseException, consequence: str = "the file was left as it was"
+) -> WriteError:
+    """The :class:`WriteError` for ``path`` failing with ``err``, saying what that left behind."""
     code = getattr(err, "errno", None)
     reason = getattr(err, "strerror", None) or str(err)
     hint = HINTS.get(code, "")
     if hint and hint[2:-1] in reason.lower():
         hint = ""
-    return WriteError(code, f"{path}: cannot write: {reason}{hint}; the file was left as it was")
+    return WriteError(code, f"{path}: cannot write: {reason}{hint}; {consequence}")
 
 
 def atomic_write(
