@@ -45,7 +45,13 @@ from align.rl.losses import (
     shaped_rewards,
     value_loss,
 )
-from align.train.checkpoints import files_problem, newest_valid_checkpoint, publish_checkpoint, write_failure
+from align.train.checkpoints import (
+    diverged,
+    files_problem,
+    newest_valid_checkpoint,
+    publish_checkpoint,
+    write_failure,
+)
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
@@ -385,11 +391,9 @@ class PPO:
         pg_loss, pg = policy_loss(logprobs, mb["logprobs"], mb["advantages"], mask, cfg.cliprange)
         vf_loss, vf_clipfrac = value_loss(values.float(), mb["values"], mb["returns"], mask, cfg.cliprange_value)
         loss = pg_loss + cfg.vf_coef * vf_loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"PPO step {step + 1}: the loss is {loss.item()} (policy {pg_loss.item()}, value "
-                f"{vf_loss.item()}); stopping. The last good checkpoint is kept in {self.checkpoint_dir}"
-            )
+        if not torch.isfinite(loss):  # before any update with it: the newest checkpoint stays the last good one
+            detail = f"policy loss {pg_loss.item()}, value loss {vf_loss.item()}"
+            raise diverged(self.output_dir, step + 1, detail, problem=checkpoint_problem)
         stats = {}
         if entropy:  # of the rollout policy: the first epoch sees it before any update
             with torch.no_grad():
