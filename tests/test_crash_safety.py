@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 
 import pytest
 import torch
 from datasets import Dataset
+from helpers.mounts import needs_mount_namespace, run_mounted
 
 from align.config import SFTStageConfig
 from align.shards import run_sharded, shard_seed
@@ -167,3 +171,42 @@ def test_resume_past_an_epoch_boundary_reaches_the_uninterrupted_weights(tmp_pat
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(resumed_dir / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+TRAIN_ON_FULL_DISK = """
+import sys
+from datasets import Dataset
+from align.config import SFTStageConfig
+from align.files import WriteError
+from align.tiny.model import build_model, build_tokenizer
+from align.train.sft import train_sft
+
+texts = ["How do I fix a bike?", "Sure. To fix it, first look, then mend."]
+tok = build_tokenizer(texts, 300)
+model = build_model(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+row = {"messages": [{"role": "user", "content": texts[0]}, {"role": "assistant", "content": texts[1]}]}
+cfg = SFTStageConfig(learning_rate=1e-2, max_steps=4, per_device_train_batch_size=4, save_steps=1)
+try:
+    train_sft(model, tok, Dataset.from_list([row] * 16), cfg, sys.argv[1], seed=0)
+except WriteError as err:
+    print(err)
+    sys.exit(2)
+"""
+
+
+@needs_mount_namespace
+def test_a_full_disk_during_a_trainer_checkpoint_names_the_file(tmp_path):
+    """A real 400 KiB tmpfs: the first checkpoint (about 300 KiB) fits, the second runs out of space mid-save.
+    torch.save says only "unexpected pos 64 vs 0"; the error must name the file and the full disk."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    argv = [sys.executable, "-c", TRAIN_ON_FULL_DISK, disk / "sft"]
+    result = run_mounted(argv, tmpfs={disk: "400k"}, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert re.fullmatch(
+        rf"{disk}/sft/checkpoints/checkpoint-\d+/\S+: cannot write: No space left on device \(disk full\); "
+        r"the checkpoint is incomplete and will not be resumed from; make room and run the same command again\n",
+        result.stdout,
+    ), result.stdout
+    assert "Traceback" not in result.stderr

@@ -15,7 +15,6 @@ naming the file: the disk filled up or the filesystem is read-only).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -133,8 +132,8 @@ def write_failure(err: BaseException, directory: str | os.PathLike, consequence:
     save, or None if ``err`` is not a failed write.
 
     torch.save and safetensors report a full disk as RuntimeError or their own error type, without an errno
-    or a file name; the reason is read from the message (or, for torch's "file write failed", from the free
-    space left), and the file is the most recently modified one, the file the save was writing.
+    or a file name; the reason is read from the message or the filesystem, and the file is the most recently
+    modified one, the file the save was writing.
     """
     code = _errno_of(err, Path(directory))
     if code is None:
@@ -144,22 +143,29 @@ def write_failure(err: BaseException, directory: str | os.PathLike, consequence:
 
 
 def _errno_of(err: BaseException, directory: Path) -> int | None:
+    """The errno behind a failed save: from the exception chain, else from the state of the filesystem.
+
+    torch.save on a full disk fails with messages such as "unexpected pos 64 vs 0" that name no cause, so
+    when the chain says nothing, a filesystem that is read-only or has no block left is taken as the cause.
+    """
     seen: set[int] = set()
     chain: BaseException | None = err
     while chain is not None and id(chain) not in seen:
         seen.add(id(chain))
-        if isinstance(chain, OSError) and chain.errno in (*_MESSAGES.values(),):
+        if isinstance(chain, OSError) and chain.errno in _MESSAGES.values():
             return chain.errno
         text = str(chain).lower()
         for message, code in _MESSAGES.items():
             if message in text:
                 return code
-        if "file write failed" in text:
-            with contextlib.suppress(OSError):
-                if os.statvfs(directory).f_bavail == 0:
-                    return errno.ENOSPC
         chain = chain.__cause__ or chain.__context__
-    return None
+    try:
+        stats = os.statvfs(directory if directory.exists() else directory.parent)
+    except OSError:
+        return None
+    if stats.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    return errno.ENOSPC if stats.f_bavail == 0 else None
 
 
 def _newest_file(directory: Path) -> Path | None:

@@ -43,6 +43,9 @@ __all__ = [
     "trainer_kwargs",
 ]
 
+# what a failed write of the final model leaves: the stage unpublished, its checkpoints kept for the re-run
+UNPUBLISHED = "the stage is not published; make room and run the same command again (it resumes)"
+
 
 def trainer_kwargs(cfg: TrainSettings, output_dir: str, seed: int, report_to: str, run_name: str) -> dict[str, Any]:
     """Keyword arguments common to SFTConfig and DPOConfig.
@@ -112,8 +115,14 @@ def save_merged(trainer, tokenizer, output_dir: str) -> None:
     if hasattr(unwrapped, "merge_and_unload"):
         unwrapped = unwrapped.merge_and_unload()
     if trainer.accelerator.is_main_process:
-        unwrapped.save_pretrained(output_dir, safe_serialization=True)
-        tokenizer.save_pretrained(output_dir)
+        try:
+            unwrapped.save_pretrained(output_dir, safe_serialization=True)
+            tokenizer.save_pretrained(output_dir)
+        except Exception as err:  # a full disk or read-only filesystem: name the file, not a traceback
+            failure = checkpoints.write_failure(err, output_dir, UNPUBLISHED)
+            if failure is not None:
+                raise failure from err
+            raise
         history = json.dumps(trainer.state.log_history, indent=1, default=float)
         write_text_atomic(Path(output_dir) / "log_history.json", history + "\n")
     trainer.accelerator.wait_for_everyone()
