@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,9 @@ MESSAGE_COLUMNS = ("messages", "prompt")
 TRANSCRIPT_COLUMNS = ("chosen", "text", "transcript")
 ACCEPTED_COLUMNS = MESSAGE_COLUMNS + TRANSCRIPT_COLUMNS
 
+# C0 and C1 control characters other than tab, newline and carriage return: never part of a prompt, and some
+# (NUL above all) are cut or mangled by tokenizers, servers and terminals without an error.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 _HH_START = re.compile(r"\s*Human:")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -85,11 +89,11 @@ def load_records(source: str, *, split: str = "train") -> datasets.Dataset:
 
     path = _local_path(source)
     if path is None or path.suffix == ".py":
-        return datasets.load_dataset(source, split=split)
+        return _loaded(source, lambda: datasets.load_dataset(source, split=split))
     if path.is_dir():
         if not ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
-            return datasets.load_dataset(str(path), split=split)  # a folder of data files
-        saved = datasets.load_from_disk(str(path))
+            return _folder(path, split)
+        saved = _loaded(source, lambda: datasets.load_from_disk(str(path)))
         if isinstance(saved, datasets.DatasetDict):
             if split not in saved:
                 raise DataError(f"{source}: no split {split!r}; splits found: {sorted(saved)}")
@@ -107,7 +111,39 @@ def load_records(source: str, *, split: str = "train") -> datasets.Dataset:
             blank = not f.read(1 << 16).strip()
         if blank or "corresponds to no data" in str(err):
             raise DataError(f"{source}: empty prompt file (no rows)") from err
-        raise DataError(f"{source}: cannot read as {builder}: {err.__cause__ or err}") from err
+        raise DataError(f"{source}: cannot read as {builder}: {_reason(err)}") from err
+
+
+def _loaded(source: str, load: Callable[[], Any]) -> Any:
+    """``load()``, with whatever ``datasets`` raises (a folder of garbage, a hub id that cannot be reached, a
+    damaged save) turned into a :class:`DataError` naming the source and the underlying reason."""
+    try:
+        return load()
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"{source}: cannot load as a dataset: {_reason(err)}") from err
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost message of an exception chain, on one line: datasets wraps the parser's own error."""
+    inner = err.__cause__ or err.__context__
+    while inner is not None and str(inner).strip():
+        err, inner = inner, inner.__cause__ or inner.__context__
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _folder(path: Path, split: str) -> datasets.Dataset:
+    """A folder of data files; if it cannot be read, the error names the first file that cannot."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(str(path), split=split)
+    except Exception as err:
+        for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in FILE_BUILDERS and p.is_file()):
+            load_records(str(file))  # raises a DataError naming this file if it is the broken one
+        raise DataError(f"{path}: cannot load as a dataset: {_reason(err)}") from err
 
 
 def load_preference_pairs(source: str, *, split: str = "train", limit: int | None = None) -> list[dict[str, Any]]:
@@ -271,10 +307,16 @@ def _first_user_content(messages: list[Any], field: str) -> str:
 
 
 def _stripped(value: Any, field: str) -> str:
+    """The text, stripped; empty text and control characters are errors (the caller adds the row number)."""
     if not isinstance(value, str):
         raise _type_error(field, "a string", value)
     if not value.strip():
         raise DataError(f"field {field!r} is empty")
+    if bad := _CONTROL.search(value):
+        raise DataError(
+            f"field {field!r} contains the control character U+{ord(bad.group()):04X} at character {bad.start() + 1}; "
+            "prompts and replies are text (a NUL usually means a binary file or a broken export)"
+        )
     return value.strip()
 
 
