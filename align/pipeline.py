@@ -28,6 +28,7 @@ from typing import Any
 
 from align.distributed import process_state
 from align.files import write_json_atomic  # re-exported: recipes import it from here
+from align.redaction import redact
 
 MANIFEST = "manifest.json"
 RESUMABLE = ("shards", "checkpoints")  # what an interrupted attempt leaves for the next one
@@ -190,8 +191,8 @@ class Run:
                 "status": "done",
                 "input_hash": input_hash,
                 "output_id": stable_hash([input_hash, started, time.time()])[:16],
-                "config": config,
-                "inputs": inputs,
+                "config": redact(config),  # manifests get shared: credentials masked, every key kept
+                "inputs": redact(inputs),
                 "code_version": self.code,
                 "started_at": started,
                 "seconds": round(time.time() - started, 2),

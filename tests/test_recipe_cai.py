@@ -295,3 +295,44 @@ def test_empty_prompt_file(tmp_path):
     )
     assert_clean_failure(result, tmp_path, "red.jsonl", "empty")
     assert not (tmp_path / "runs" / "cai-smoke" / "critique_revise").exists()
+
+
+PASTED_KEY = "sk-proj-" + "Qw3rTy7uI0oP4aS8dF2gH6jK1lZ5xC9v"
+URL_PASSWORD = "hunter2-" + "correct-horse-battery"
+
+
+def test_credentials_in_config_values_reach_no_file_and_settings_stay(tmp_path):
+    """A key pasted where its variable's name belongs, and a password in a URL, reach no manifest, report, log
+    or W&B file; and max_new_tokens still does (the W&B scrubber used to drop every key with "token")."""
+    from align.report import write_report
+    from align.tracking import read_offline_run
+
+    config = yaml.safe_load(SMOKE.read_text())
+    config["critique_revise"]["backend"] = {
+        "api_key_env": PASTED_KEY,
+        "base_url": f"http://me:{URL_PASSWORD}@127.0.0.1:9/v1",
+    }
+    pasted = tmp_path / "pasted.yaml"
+    pasted.write_text(yaml.safe_dump(config))
+    quick = ["--sft.max_steps=2", "--tiny.n_phrasings=2", "--until=critique_revise", "--report_to=wandb"]
+    result = run_recipe(tmp_path, *quick, config=pasted, wandb_mode="offline")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "cai-smoke"
+    write_report(run_dir)
+    files = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix != ".safetensors"]
+    assert any(p.name == "report.md" for p in files) and any(p.suffix == ".wandb" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        assert PASTED_KEY.encode() not in data and URL_PASSWORD.encode() not in data, path
+    for secret in (PASTED_KEY, URL_PASSWORD):
+        assert secret not in result.stdout + result.stderr
+    manifest = json.loads((run_dir / "critique_revise" / "manifest.json").read_text())
+    assert manifest["config"]["sampling"]["max_new_tokens"] == 24
+    assert manifest["config"]["backend"]["base_url"] == "http://[redacted]@127.0.0.1:9/v1"
+    stage_configs = {}
+    for folder in (run_dir / "wandb").glob("offline-run-*"):
+        records = read_offline_run(next(folder.glob("*.wandb")))
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        items = {item.key: json.loads(item.value_json) for item in run.config.update}
+        stage_configs[run.job_type] = items["stage_config"]
+    assert stage_configs["critique_revise"]["sampling"]["max_new_tokens"] == 24
