@@ -36,7 +36,7 @@ _PATTERNS = (
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), rf"\1{MASK}"),
     # provider key formats: OpenAI/Anthropic, Hugging Face, GitHub, GitLab, Slack, Google
     (
-        re.compile(r"\b(?:sk-|hf_|gh[pousr]_|github_pat_|glpat-|xox[abeprs]-|AIza)[A-Za-z0-9_\-]{16,}"),
+        re.compile(r"\b(?:sk-|hf_|gh[pousr]_|github_pat_|glpat-|xox[abeprs]-|AIza)[A-Za-z0-9_\-]{10,}"),
         MASK,
     ),
     (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), MASK),  # AWS access key ids
