@@ -468,6 +468,8 @@ class BackendSettings:
     base_url: str = "http://127.0.0.1:8000/v1"  # openai: the server's OpenAI-compatible root
     model: str | None = None  # openai: the served name of the run's policy model (None = policy in-process)
     api_key_env: str | None = "OPENAI_API_KEY"  # openai: env var holding the key; unset or missing = no key
+    # openai: a key goes only over https or to a loopback address; true allows plain http to other hosts
+    allow_insecure_http: bool = False
     endpoint: Literal["chat", "completions"] = "chat"  # completions: the server renders no chat template
     max_concurrency: int = 16  # openai: requests in flight at once
     timeout: float = 120.0  # openai: seconds per request before it counts as failed (and is retried)
