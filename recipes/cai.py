@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 
 from align.config import ConfigError, RecipeConfig, load_config, to_dict
-from align.constitution import ConstitutionError, load_constitution
-from align.data import DataError, WriteError, limit_prompt_length, load_prompts, read_jsonl, write_jsonl_atomic
-from align.pipeline import Run, StopPipeline, write_json_atomic
-from align.train.errors import TrainingDiverged
+from align.constitution import load_constitution
+from align.data import DataError, limit_prompt_length, load_prompts, read_jsonl, write_jsonl_atomic
+from align.pipeline import Run, write_json_atomic
 
 STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "ppo", "grpo", "rloo", "eval"]
 
@@ -34,6 +33,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--config", required=True, help="YAML recipe config (see recipes/configs/)")
     parser.add_argument("--force", action="append", default=[], choices=STAGES, help="redo STAGE and after")
     parser.add_argument("--until", choices=STAGES, help="stop after STAGE (the stages after it are not started)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs, warnings and bars too")
     return parser.parse_known_args(argv)
 
 
@@ -208,13 +208,18 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     root = Path(cfg.output_dir) / cfg.run_name
+    from align import console
+    from align.distributed import process_state
+
+    console.start(root, verbose=args.verbose, rank=process_state().process_index)  # the full log: root/logs/
     tracker = None
     if cfg.report_to == "wandb":
         from align.tracking import WandbTracker
 
         setup_tracking(cfg, root)
         tracker = WandbTracker(root, cfg.run_name, to_dict(cfg), constitution, upload_models=cfg.wandb_upload_models)
-    run = Run(root, force=set(args.force), order=STAGES, tracker=tracker, until=args.until)
+    plan = ["sft", "critique_revise", "sft_cai", "preferences", *(["reward"] if cfg.reward else []), cfg.optimizer]
+    run = Run(root, force=set(args.force), order=STAGES, tracker=tracker, until=args.until, plan=[*plan, "eval"])
     if run.state.is_main_process:  # what the run was aligned to, for reports and `align runs compare`
         write_json_atomic(run.root / "constitution.json", {**constitution.to_dict(), "identity": constitution.identity})
     print(f"[align] constitution {constitution.identity}; run dir {run.root}", flush=True)
@@ -300,10 +305,10 @@ def main(argv: list[str] | None = None) -> dict:
                 policy, feedback, constitution, red, helpful, cr, cfg.seed, crs.work_dir / "shards", previous
             )
             counts.update({k: red_limits[k] + helpful_limits[k] for k in red_limits})
-            print(
-                f"[align] critique_revise: reused {counts['reused']} samples, regenerated {counts['regenerated']}",
-                flush=True,
-            )
+            earlier = counts["regenerated_earlier"]  # in shards an interrupted attempt had finished
+            note = f" ({earlier} of them by an earlier attempt)" if earlier else ""
+            reused, regenerated = counts["reused"], counts["regenerated"]
+            print(f"[align] critique_revise: reused {reused} samples, regenerated {regenerated}{note}", flush=True)
             if run.state.is_main_process:
                 write_jsonl_atomic(crs.work_dir / "samples.jsonl", records)
                 write_jsonl_atomic(crs.work_dir / "sft.jsonl", sft_view(records))
@@ -572,11 +577,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from align.console import entry_point
+
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-    try:
-        main()
-    except StopPipeline as stop:
-        print(f"[align] {stop}", flush=True)
-    except (ConfigError, ConstitutionError, DataError, WriteError, TrainingDiverged) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(entry_point(main))  # user errors: exit 2 without a traceback; the process group torn down

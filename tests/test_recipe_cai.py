@@ -5,6 +5,7 @@ The chain runs once per module (about a minute on 2 cores); the tests then read 
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +22,13 @@ pytestmark = pytest.mark.recipe
 
 
 def run_recipe(
-    tmp: Path, *args: str, config: Path = SMOKE, wandb_mode: str = "disabled"
+    tmp: Path, *args: str, config: Path = SMOKE, wandb_mode: str = "disabled", bars: bool = False
 ) -> subprocess.CompletedProcess:
+    """The recipe in a subprocess, its output captured (not a terminal); ``bars`` leaves tqdm switched on."""
     env = {**os.environ, "ALIGN_CACHE": str(tmp / "cache"), "WANDB_MODE": wandb_mode, "TQDM_DISABLE": "1"}
     env.pop("WANDB_API_KEY", None)
+    if bars:
+        env.pop("TQDM_DISABLE")
     return subprocess.run(
         [sys.executable, str(RECIPE), "--config", str(config), f"--output_dir={tmp / 'runs'}", *args],
         cwd=ROOT,
@@ -181,6 +185,29 @@ def test_generating_stages_record_throughput(smoke):
 FAKE_KEY = "fake-key-0123456789abcdef0123456789abcdef01234567"
 
 
+def check_quiet_console(result: subprocess.CompletedProcess, run_dir: Path) -> None:
+    """The smoke recipe with W&B offline, to a pipe: at most 40 lines (it was 249: W&B banners and sync hints,
+    weight-loading and shard-writing bars, library warnings). A line per stage start and finish with stage k/N
+    and the time, a line per generation with samples/s and tokens/s, the table and the report; everything else
+    is in the run's log file."""
+    lines = result.stdout.splitlines() + result.stderr.splitlines()
+    assert len(lines) <= 40, "\n".join(lines)
+    assert not [line for line in lines if "wandb" in line.lower() or "Warning" in line], "\n".join(lines)
+    for k, stage in enumerate(STAGES, start=1):
+        assert re.search(rf"^\[align\] {stage}: running \(stage {k}/7, \S+ elapsed", result.stdout, re.M), stage
+        assert re.search(
+            rf"^\[align\] {stage}: done in \S+ \(stage {k}/7, \S+ elapsed, about \S+ left\)$", result.stdout, re.M
+        )
+    generated = re.findall(
+        r"^\[align\] (.+): generated \d+ samples in \S+s \([\d.]+ samples/s, \d+ tokens/s\)$", result.stdout, re.M
+    )
+    assert generated == ["critique_revise", "preferences", "eval base", "eval sft_cai", "eval dpo"]
+    assert "| dpo |" in result.stdout and f"Report: {run_dir / 'report.md'}" in result.stdout
+    (log,) = (run_dir / "logs").glob("*.log")
+    text = log.read_text()
+    assert "[align] sft_cai: running" in text and re.search(r"\[align\] sft_cai step \d+: \{", text)  # Trainer's too
+
+
 def test_ppo_killed_mid_run_resumes_from_its_checkpoint_and_finishes(smoke, tmp_path):
     """--optimizer=ppo reuses every stage up to the reward model; SIGKILL it after a checkpoint, run it again."""
     import shutil
@@ -220,9 +247,10 @@ def test_wandb_offline_one_run_per_stage_with_lineage_tables_and_no_secrets(tmp_
 
     # a planted credential must not reach any logged config, file or report
     monkeypatch.setenv("HF_TOKEN", "hf_" + FAKE_KEY)
-    result = run_recipe(tmp_path, "--report_to=wandb", "--preferences.mode=revision_pairs", wandb_mode="offline")
+    result = run_recipe(tmp_path, "--report_to=wandb", wandb_mode="offline", bars=True)
     assert result.returncode == 0, result.stderr[-2000:]
     run_dir = tmp_path / "runs" / "cai-smoke"
+    check_quiet_console(result, run_dir)
     runs = {}
     for folder in (run_dir / "wandb").glob("offline-run-*"):
         records = read_offline_run(next(folder.glob("*.wandb")))

@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl.trainer.utils import RepeatSampler
 
+from align import console
 from align.config import LoraSettings, TrainSettings
 from align.faults import fault_point, stage_of
 from align.files import write_text_atomic
@@ -200,6 +201,18 @@ class EpochSeededData:
         return out
 
 
+class LogToFile(TrainerCallback):
+    """The Trainer's log lines (loss, learning rate, ...), into the run's log file instead of the console."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            console.log(f"[align] {self.stage} step {state.global_step}: {json.dumps(logs, default=str)}")
+        return control
+
+
 class CrashSafety(TrainerCallback):
     """Marks finished checkpoints, and stops training at the first non-finite loss, before it is saved.
 
@@ -266,6 +279,12 @@ def train_resumable(trainer, output_dir: str | Path) -> tuple[Any, dict[str, flo
         print(f"[align] {stage_of(output_dir)}: resuming training from {checkpoint}", flush=True)
     safety = CrashSafety(output_dir)
     trainer.add_callback(safety)
+    if console.quiet():  # the per-step log lines and the bar go to the log file only; the stage lines stay
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(LogToFile(stage_of(output_dir)))
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except Exception as err:
