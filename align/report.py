@@ -27,7 +27,7 @@ from align.constitution import Constitution, ConstitutionError, load_constitutio
 from align.constitution.diff import diff_constitutions
 from align.constitution.render import render_markdown, render_text
 from align.evaluation.metrics import COLUMNS
-from align.files import atomic_write, write_text_atomic
+from align.files import atomic_write, write_error, write_text_atomic
 from align.pipeline import MANIFEST
 from align.redaction import redact, redact_text
 
@@ -298,7 +298,11 @@ def _plot_ppo(ppo: dict[str, Any], title: str, path: Path) -> None:
 def _write_plots(run: RunDir, data: dict[str, Any]) -> dict[str, Path]:
     """Draw what the run has data for; a plot that no longer applies is removed, not left stale."""
     out = run.path / PLOTS_DIR
-    out.mkdir(exist_ok=True)
+    if not out.is_dir():
+        try:
+            out.mkdir()
+        except OSError as err:
+            raise write_error(out, err) from err
     made: dict[str, Path] = {}
     if data["training_loss"]:
         made["training_loss"] = out / "training_loss.png"
@@ -310,8 +314,8 @@ def _write_plots(run: RunDir, data: dict[str, Any]) -> dict[str, Path]:
         made["ppo"] = out / "ppo.png"
         _plot_ppo(data["ppo"], f"PPO: {run.name}", made["ppo"])
     for name in PLOTS:
-        if out / name not in made.values():
-            (out / name).unlink(missing_ok=True)
+        if out / name not in made.values() and (out / name).exists():
+            (out / name).unlink()
     return made
 
 

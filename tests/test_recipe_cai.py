@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.mounts import needs_mount_namespace
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "cai.py"
@@ -364,3 +365,29 @@ def test_credentials_in_config_values_reach_no_file_and_settings_stay(tmp_path):
         items = {item.key: json.loads(item.value_json) for item in run.config.update}
         stage_configs[run.job_type] = items["stage_config"]
     assert stage_configs["critique_revise"]["sampling"]["max_new_tokens"] == 24
+
+
+@needs_mount_namespace
+def test_a_finished_run_on_a_read_only_filesystem(smoke, tmp_path):
+    """Re-running a finished run from a read-only copy shows its result (nothing needs writing: the snapshot,
+    report and plots are unchanged, so they are left alone); a stage that must run is a clean error naming
+    the path. Both used to fail with EROFS tracebacks (the constitution snapshot was rewritten first)."""
+    import shutil
+
+    from helpers.mounts import run_mounted
+
+    _, run_dir, _ = smoke
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir, runs / "cai-smoke")
+    env = {**os.environ, "ALIGN_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
+    command = [sys.executable, str(RECIPE), "--config", str(SMOKE), f"--output_dir={runs}"]
+    again = run_mounted(command, read_only=[runs], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in STAGES:
+        assert f"[align] {stage}: done with the same inputs, skipped" in again.stdout
+    assert "| dpo |" in again.stdout and "Traceback" not in again.stderr
+    forced = run_mounted(
+        [*command, "--force", "eval"], read_only=[runs], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert forced.returncode == 2 and "Traceback" not in forced.stderr, forced.stderr[-3000:]
+    assert f"error: {runs / 'cai-smoke' / 'eval.partial'}: cannot write: Read-only file system" in forced.stderr
