@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import textwrap
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from align.constitution.diff import diff_constitutions
 from align.constitution.edit import bump_file, dump_constitution
 from align.constitution.layouts import Imported, export_llm_swarm, import_anthropic, import_llm_swarm
 from align.constitution.lint import lint
-from align.constitution.model import parse_constitution_text
+from align.constitution.model import ConstitutionWarning, parse_constitution_text
 from align.constitution.render import render_markdown, render_text
 from align.constitution.sources import check_file, load_at_revision, read_source, split_source
 from align.files import WriteError, write_text_atomic
@@ -67,19 +68,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     for spec in args.files:
         try:
-            c = read_source(spec)
+            with warnings.catch_warnings():  # the lint below reports them, with the other warnings
+                warnings.simplefilter("ignore", ConstitutionWarning)
+                c = read_source(spec)
         except ConstitutionError as e:
             _err(f"error: {e}")
             failed = True
             continue
-        warnings = lint(c, rl_cai=args.rl_cai)
-        for w in warnings:
+        found = lint(c, rl_cai=args.rl_cai)
+        for w in found:
             _err(f"warning: {w}")
-        if warnings and args.strict:
+        if found and args.strict:
             failed = True
-            _out(f"FAIL {spec}: {_count(len(warnings), 'warning')}, which --strict treats as errors")
+            _out(f"FAIL {spec}: {_count(len(found), 'warning')}, which --strict treats as errors")
         else:
-            suffix = f" ({_count(len(warnings), 'warning')})" if warnings else ""
+            suffix = f" ({_count(len(found), 'warning')})" if found else ""
             _out(f"ok {spec}: {c.identity}{suffix}")
     return 1 if failed else 0
 
@@ -264,8 +267,23 @@ def cmd_runs_compare(args: argparse.Namespace) -> int:
 SOURCE_HELP = "a file, or path@gitrev for the file as committed at a git revision (e.g. harmless.yaml@HEAD~1)"
 
 
+def version_string() -> str:
+    """``align 0.1.0 (commit 1a2b3c4)``: the installed package's version, and the checkout's commit if any."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from align.pipeline import code_version
+
+    try:
+        number = version("align")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        number = "unknown"
+    commit = code_version()
+    return f"align {number}" + (f" (commit {commit})" if commit != "unknown" else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align", description="Constitutional AI tooling.")
+    parser.add_argument("--version", action="version", version=version_string())
     groups = parser.add_subparsers(dest="group", metavar="COMMAND")
     cparser = groups.add_parser("constitution", help="validate, inspect, diff and version constitution files")
     sub = cparser.add_subparsers(dest="command", metavar="SUBCOMMAND")

@@ -207,6 +207,8 @@ def test_disk_full_names_the_file_and_the_rerun_resumes(tmp_path, cache):
     again = run(tmp_path, cache, "--until=critique_revise")  # space freed: the same command finishes the stage
     assert again.returncode == 0, again.stderr[-3000:]
     assert "critique_revise: 1 of 3 shards already done" in again.stdout
+    # the counts agree with that: the 16 samples of the finished shard were made by the attempt that failed
+    assert "critique_revise: reused 0 samples, regenerated 48 (16 of them by an earlier attempt)" in again.stdout
     samples = (tmp_path / "runs" / "cai-smoke" / "critique_revise" / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 48 and len({json.loads(s)["id"] for s in samples}) == 48
 
