@@ -82,7 +82,7 @@ class _Tee:
         noise = not _state["verbose"] and (text.startswith(NOISE) or (self.after_noise and text == "\n"))
         self.after_noise = noise and text != "\n"
         if self.show and not noise:
-            self.console.write(text)
+            self.console.write(redact_text(text))
         f = log_file()
         if f is not None and text and not text.startswith("\r"):  # a terminal bar redrawing itself: not a line
             f.write(redact_text(text))
@@ -140,6 +140,11 @@ def start(run_dir: str | os.PathLike, *, verbose: bool = False, rank: int = 0) -
 def _route_library_logs(verbose: bool) -> None:
     """Library log records: all of WARNING and above to the log file; to the console only errors (or, with
     ``verbose``, what the library would print anyway). Progress bars off unless ``verbose``."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.get_logger("transformers")  # their console handlers exist from here on
+    datasets.utils.logging.get_logger("datasets")
     console_level = logging.WARNING if verbose else logging.ERROR
     file_handler = None
     if log_file() is not None:
@@ -149,8 +154,8 @@ def _route_library_logs(verbose: bool) -> None:
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in LIBRARY_LOGGERS)]
     for logger in loggers:
         for handler in logger.handlers:
-            if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.__stderr__, sys.__stdout__):
-                handler.setLevel(console_level)
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(console_level)  # the libraries' own console handlers
         if file_handler is not None:
             logger.addHandler(file_handler)
     root = logging.getLogger()
@@ -161,9 +166,6 @@ def _route_library_logs(verbose: bool) -> None:
     root.setLevel(min(root.level or logging.WARNING, logging.INFO))
     if verbose:
         return
-    import datasets
-    import transformers
-
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_warning()
     datasets.utils.logging.disable_progress_bar()
