@@ -113,7 +113,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def start(run_dir: str | os.PathLike, *, verbose: bool = False, rank: int = 0) -> Path | None:
-    """Open ``<run_dir>/logs/<time>[-rank<k>].log``, send every stream and library log there, quiet the console.
+    """Open ``<run_dir>/logs/<time>-<pid>[-rank<k>].log``, send every stream and library log there, quiet the
+    console.
 
     Processes other than the first show only their errors and warnings (their lines are in their own logs).
     Returns the log's path, or None where it cannot be written (a read-only run directory: the run can still
@@ -121,7 +122,7 @@ def start(run_dir: str | os.PathLike, *, verbose: bool = False, rank: int = 0) -
     """
     quiet_environment(verbose)
     _state.update(started=True, verbose=verbose)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # two runs started in one second: two files
     path = Path(run_dir) / LOGS / (f"{stamp}.log" if rank == 0 else f"{stamp}-rank{rank}.log")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
