@@ -22,6 +22,7 @@ from align.files import WriteError, write_jsonl_atomic, write_text_atomic
 __all__ = [
     "DataError",
     "WriteError",
+    "check_text",
     "dataset_fingerprint",
     "limit_prompt_length",
     "load_preference_pairs",
@@ -176,7 +177,7 @@ def _reply(value: Any, field: str) -> str:
         if not turns:
             raise DataError(f"{field}: no assistant message")
         value = turns[-1].get("content")
-    return _stripped(value, field)
+    return check_text(value, field)
 
 
 def prompt_from_row(row: dict[str, Any], *, column: str | None = None) -> str:
@@ -286,14 +287,14 @@ def _prompt_from_value(value: Any, field: str, *, transcript: bool = False) -> s
     if not isinstance(value, str):
         raise _type_error(field, "a string or a list of messages", value)
     if not (transcript or _HH_START.match(value)):
-        return _stripped(value, field)
+        return check_text(value, field)
     try:
         turns = parse_hh_transcript(value)
     except DataError as err:
         hint = "" if _HH_START.match(value) else " (pass column= to read it as a plain prompt)"
         raise DataError(f"field {field!r}: {err}{hint}") from None
     first = next(t for t in turns if t["role"] == "user")
-    return _stripped(first["content"], f"{field} (first Human turn)")
+    return check_text(first["content"], f"{field} (first Human turn)")
 
 
 def _first_user_content(messages: list[Any], field: str) -> str:
@@ -301,13 +302,14 @@ def _first_user_content(messages: list[Any], field: str) -> str:
         if not isinstance(message, dict):
             raise _type_error(f"{field}[{j}]", "a {role, content} dict", message)
         if message.get("role") == "user":
-            return _stripped(message.get("content"), f"{field}[{j}].content")
+            return check_text(message.get("content"), f"{field}[{j}].content")
     roles = [m.get("role") for m in messages]
     raise DataError(f"field {field!r} has no user message (roles: {roles})")
 
 
-def _stripped(value: Any, field: str) -> str:
-    """The text, stripped; empty text and control characters are errors (the caller adds the row number)."""
+def check_text(value: Any, field: str) -> str:
+    """The text of a prompt or reply, stripped; not a string, empty, or holding a control character (NUL, BEL,
+    ...) is a :class:`DataError` naming ``field`` (callers reading rows add the file and row number)."""
     if not isinstance(value, str):
         raise _type_error(field, "a string", value)
     if not value.strip():
