@@ -12,8 +12,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The launch options are spelled out: left to their defaults, accelerate prints a warning listing them.
 demo: $(STAMP)
-	$(BIN)/accelerate launch recipes/cai.py --config recipes/configs/cai_tiny.yaml
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/cai.py --config recipes/configs/cai_tiny.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

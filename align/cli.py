@@ -23,16 +23,21 @@ import os
 import re
 import sys
 import textwrap
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from align.constitution import SUFFIXES, Constitution, ConstitutionError, load_constitution
 from align.constitution.diff import diff_constitutions
-from align.constitution.edit import bump_file, dump_constitution, write_atomic
+from align.constitution.edit import bump_file, dump_constitution
 from align.constitution.layouts import Imported, export_llm_swarm, import_anthropic, import_llm_swarm
 from align.constitution.lint import lint
+from align.constitution.model import ConstitutionWarning, parse_constitution_text
 from align.constitution.render import render_markdown, render_text
 from align.constitution.sources import check_file, load_at_revision, read_source, split_source
+from align.files import WriteError, write_text_atomic
 from align.report import RunError, compare_runs, write_report
 
 __all__ = ["build_parser", "main"]
@@ -66,19 +71,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     for spec in args.files:
         try:
-            c = read_source(spec)
+            with warnings.catch_warnings():  # the lint below reports them, with the other warnings
+                warnings.simplefilter("ignore", ConstitutionWarning)
+                c = read_source(spec)
         except ConstitutionError as e:
             _err(f"error: {e}")
             failed = True
             continue
-        warnings = lint(c, rl_cai=args.rl_cai)
-        for w in warnings:
+        found = lint(c, rl_cai=args.rl_cai)
+        for w in found:
             _err(f"warning: {w}")
-        if warnings and args.strict:
+        if found and args.strict:
             failed = True
-            _out(f"FAIL {spec}: {_count(len(warnings), 'warning')}, which --strict treats as errors")
+            _out(f"FAIL {spec}: {_count(len(found), 'warning')}, which --strict treats as errors")
         else:
-            suffix = f" ({_count(len(warnings), 'warning')})" if warnings else ""
+            suffix = f" ({_count(len(found), 'warning')})" if found else ""
             _out(f"ok {spec}: {c.identity}{suffix}")
     return 1 if failed else 0
 
@@ -191,7 +198,7 @@ def _write_output(out: str, text: str, force: bool) -> None:
         return
     if os.path.exists(out) and not force:
         raise ConstitutionError("already exists; pass --force to overwrite it", source=out)
-    write_atomic(out, text)
+    write_text_atomic(out, text)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -207,18 +214,19 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise ConstitutionError(f"output must end in one of {', '.join(SUFFIXES)}", source=args.output)
     trailer: list[str] = []
     if imported.unpaired_comparisons:
-        trailer = ["Comparison questions from the import with no principle to attach to; kept here for review:"]
-        trailer += [f"- {q}" for q in imported.unpaired_comparisons]
+        questions = yaml.safe_dump(list(imported.unpaired_comparisons), allow_unicode=True, width=4096)
+        note = "Comparison questions from the import with no principle to attach to; kept here for review:"
+        trailer = [note, questions]
         if suffix == ".json":
             _err("note: JSON cannot hold comments; these comparison questions are not in the output:")
-            for q in imported.unpaired_comparisons:
-                _err(f"  - {q}")
+            _err(textwrap.indent(questions, "  ").rstrip("\n"))
     comments = [f"Imported by `align constitution import --from {args.source_format}` from {Path(args.file).name}."]
     text = dump_constitution(imported.constitution, suffix, comments=comments, trailer=trailer)
     _write_output(args.output, text, args.force)
     for note in imported.notes:
         _err(f"note: {note}")
-    c = imported.constitution
+    # the identity of what was written: dump_constitution checked that the text parses back to it
+    c = parse_constitution_text(text, args.output, suffix=suffix)
     _err(f"imported {_count(len(c.principles), 'principle')} and {_count(len(c.few_shot), 'few-shot example')}")
     _err(f"  as {c.identity} in {args.output}")
     return 0
@@ -388,8 +396,23 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
 SOURCE_HELP = "a file, or path@gitrev for the file as committed at a git revision (e.g. harmless.yaml@HEAD~1)"
 
 
+def version_string() -> str:
+    """``align 0.1.0 (commit 1a2b3c4)``: the installed package's version, and the checkout's commit if any."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from align.pipeline import code_version
+
+    try:
+        number = version("align")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        number = "unknown"
+    commit = code_version()
+    return f"align {number}" + (f" (commit {commit})" if commit != "unknown" else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align", description="Constitutional AI tooling.")
+    parser.add_argument("--version", action="version", version=version_string())
     groups = parser.add_subparsers(dest="group", metavar="COMMAND")
     cparser = groups.add_parser("constitution", help="validate, inspect, diff and version constitution files")
     sub = cparser.add_subparsers(dest="command", metavar="SUBCOMMAND")
@@ -527,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return handler(args)
-    except ConstitutionError as e:
+    except (ConstitutionError, WriteError) as e:
         _err(f"error: {e}")
         return 2
     except BrokenPipeError:

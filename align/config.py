@@ -29,14 +29,25 @@ def _where(source: str, line: int | None, field: str) -> str:
     return f"{location}: {field}"
 
 
-def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
-    """Map every dotted key path of a YAML mapping to its 1-based line, from the composed node tree."""
+def _key_lines(root: yaml.Node) -> dict[str, int]:
+    """Map every dotted key path of a YAML mapping to its 1-based line, from the composed node tree.
+
+    A node reached again through an alias is not walked again: a few lines of nested aliases (an "alias
+    bomb") stand for billions of paths, and walking them all hung the loader. Its keys get their lines where
+    the document first reaches the node; at a later alias a field falls back to the line of the alias's key.
+    """
     lines: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
+    seen: set[int] = set()
+    stack: list[tuple[str, yaml.Node]] = [("", root)]
+    while stack:
+        prefix, node = stack.pop()
+        if not isinstance(node, yaml.MappingNode) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for key_node, value_node in reversed(node.value):  # walked in document order
             path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-            lines[path] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, path))
+            lines.setdefault(path, key_node.start_mark.line + 1)
+            stack.append((path, value_node))
     return lines
 
 
@@ -176,7 +187,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     def where(field: str) -> str:
         if any(field == k or field.startswith(k + ".") or field.startswith(k + "[") for k in overridden):
             return f"command line: {field}"
-        return _where(source, lines.get(field.split("[")[0]), field)
+        key = field.split("[")[0]
+        while key and key not in lines:  # under an alias: the nearest key above it that has a line
+            key = key.rpartition(".")[0]
+        return _where(source, lines.get(key), field)
 
     config = _build(cls, data, "", where)
     object.__setattr__(config, "_locate", where)  # build_section gives sub-configs the same file:line errors
@@ -515,6 +529,8 @@ class BackendSettings:
     base_url: str = "http://127.0.0.1:8000/v1"  # openai: the server's OpenAI-compatible root
     model: str | None = None  # openai: the served name of the run's policy model (None = policy in-process)
     api_key_env: str | None = "OPENAI_API_KEY"  # openai: env var holding the key; unset or missing = no key
+    # openai: a key goes only over https or to a loopback address; true allows plain http to other hosts
+    allow_insecure_http: bool = False
     endpoint: Literal["chat", "completions"] = "chat"  # completions: the server renders no chat template
     max_concurrency: int = 16  # openai: requests in flight at once
     timeout: float = 120.0  # openai: seconds per request before it counts as failed (and is retried)

@@ -8,17 +8,33 @@ row is found before hours of generation run on it.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import gzip
 import hashlib
 import json
 import os
 import re
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+# The writers live in align.files (one atomic-write helper); they are re-exported here for existing callers.
+from align.files import WriteError, write_jsonl_atomic, write_text_atomic
+
+__all__ = [
+    "DataError",
+    "WriteError",
+    "check_text",
+    "conversation_from_row",
+    "dataset_fingerprint",
+    "load_preference_pairs",
+    "load_prompts",
+    "load_records",
+    "parse_hh_transcript",
+    "prompt_from_row",
+    "read_jsonl",
+    "write_jsonl_atomic",
+    "write_text_atomic",
+]
 
 if TYPE_CHECKING:
     import datasets
@@ -29,6 +45,9 @@ MESSAGE_COLUMNS = ("messages", "prompt")
 TRANSCRIPT_COLUMNS = ("chosen", "text", "transcript")
 ACCEPTED_COLUMNS = MESSAGE_COLUMNS + TRANSCRIPT_COLUMNS
 
+# C0 and C1 control characters other than tab, newline and carriage return: never part of a prompt, and some
+# (NUL above all) are cut or mangled by tokenizers, servers and terminals without an error.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 _HH_START = re.compile(r"\s*Human:")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -36,10 +55,6 @@ _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 class DataError(ValueError):
     """Bad input data; the message names the file or dataset, the row and the field to fix."""
-
-
-class WriteError(OSError):
-    """An output file could not be written (disk full, permissions); names the file, which was left untouched."""
 
 
 def load_prompts(
@@ -79,17 +94,13 @@ def load_records(
 
     path = _local_path(source)
     if path is None or path.suffix == ".py":
-        try:
-            return datasets.load_dataset(source, name=name, data_dir=data_dir, split=split)
-        except (ConnectionError, OSError, ValueError) as err:  # no network, unknown id, unknown split
-            raise DataError(
-                f"{source}: cannot load this hub dataset ({str(err).splitlines()[0][:200]}); with no network, "
-                "download it elsewhere and pass a local file or folder"
-            ) from None
+        offline = "; with no network, download it elsewhere and pass a local file or folder"
+        hub = lambda: datasets.load_dataset(source, name=name, data_dir=data_dir, split=split)  # noqa: E731
+        return _loaded(source, hub, offline)
     if path.is_dir():
         if not ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
-            return datasets.load_dataset(str(path), data_dir=data_dir, split=split)  # a folder of data files
-        saved = datasets.load_from_disk(str(path))
+            return _folder(path, split, data_dir)
+        saved = _loaded(source, lambda: datasets.load_from_disk(str(path)))
         if isinstance(saved, datasets.DatasetDict):
             if split not in saved:
                 raise DataError(f"{source}: no split {split!r}; splits found: {sorted(saved)}")
@@ -114,7 +125,39 @@ def load_records(
             blank = False
         if blank or "corresponds to no data" in str(err):
             raise DataError(f"{source}: empty prompt file (no rows)") from err
-        raise DataError(f"{source}: cannot read as {builder}: {err.__cause__ or err}") from err
+        raise DataError(f"{source}: cannot read as {builder}: {_reason(err)}") from err
+
+
+def _loaded(source: str, load: Callable[[], Any], hint: str = "") -> Any:
+    """``load()``, with whatever ``datasets`` raises (a folder of garbage, a hub id that cannot be reached, a
+    damaged save) turned into a :class:`DataError` naming the source and the underlying reason."""
+    try:
+        return load()
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"{source}: cannot load as a dataset: {_reason(err)}{hint}") from err
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost message of an exception chain, on one line: datasets wraps the parser's own error."""
+    inner = err.__cause__ or err.__context__
+    while inner is not None and str(inner).strip():
+        err, inner = inner, inner.__cause__ or inner.__context__
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _folder(path: Path, split: str, data_dir: str | None = None) -> datasets.Dataset:
+    """A folder of data files; if it cannot be read, the error names the first file that cannot."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(str(path), data_dir=data_dir, split=split)
+    except Exception as err:
+        for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in FILE_BUILDERS and p.is_file()):
+            load_records(str(file))  # raises a DataError naming this file if it is the broken one
+        raise DataError(f"{path}: cannot load as a dataset: {_reason(err)}") from err
 
 
 def load_preference_pairs(
@@ -174,7 +217,7 @@ def _hh_pair(chosen: Any, rejected: Any) -> tuple[list[dict[str, str]], str, str
     (*context_c, last_c), (*context_r, last_r) = turns
     if last_c["role"] != "assistant" or last_r["role"] != "assistant" or context_c != context_r or not context_c:
         raise DataError("chosen and rejected transcripts must share their turns up to a final assistant answer")
-    return context_c, _stripped(last_c["content"], "chosen"), _stripped(last_r["content"], "rejected")
+    return context_c, check_text(last_c["content"], "chosen"), check_text(last_r["content"], "rejected")
 
 
 def _first_user(messages: list[dict[str, str]]) -> dict[str, str]:
@@ -188,7 +231,7 @@ def _reply(value: Any, field: str) -> str:
         if not turns:
             raise DataError(f"{field}: no assistant message")
         value = turns[-1].get("content")
-    return _stripped(value, field)
+    return check_text(value, field)
 
 
 def prompt_from_row(row: dict[str, Any], *, column: str | None = None) -> str:
@@ -238,11 +281,11 @@ def conversation_from_row(
             raise DataError(f"field {name!r}: {err}{hint}") from None
         speaker = {"user": "Human", "assistant": "Assistant"}
         messages = [
-            {**m, "content": _stripped(m["content"], f"{name} ({speaker[m['role']]} turn {k})")}
+            {**m, "content": check_text(m["content"], f"{name} ({speaker[m['role']]} turn {k})")}
             for k, m in enumerate(messages, start=1)
         ]
     else:
-        return [{"role": "user", "content": _stripped(value, name)}]
+        return [{"role": "user", "content": check_text(value, name)}]
     users = [i for i, m in enumerate(messages) if m["role"] == "user"]
     if not users:
         raise DataError(f"field {name!r} has no user message (roles: {[m['role'] for m in messages]})")
@@ -259,7 +302,7 @@ def _messages(value: list[Any], field: str) -> list[dict[str, str]]:
         role = message.get("role")
         if role not in ("system", "user", "assistant"):
             raise DataError(f"field {field}[{j}].role must be system, user or assistant, got {role!r}")
-        out.append({"role": role, "content": _stripped(message.get("content"), f"{field}[{j}].content")})
+        out.append({"role": role, "content": check_text(message.get("content"), f"{field}[{j}].content")})
     return out
 
 
@@ -307,55 +350,6 @@ def dataset_fingerprint(source: str, *, split: str = "train") -> str:
     return digest.hexdigest()
 
 
-def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> int:
-    """Write `rows` as JSON lines so that readers see the old file or the whole new one, never half.
-
-    The rows go to a temp file next to `path` (same filesystem, so the rename is atomic), which is
-    fsynced and renamed over `path`. If writing fails, the temp file is removed, `path` is untouched and a
-    :class:`WriteError` names `path` (a bare ENOSPC from deep inside a stage names no file).
-    """
-    path = Path(path)
-    count = 0
-    with _write_errors_named(path) as tmp:
-        # os.open with 0o666 honours the umask, unlike mkstemp's 0o600.
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    return count
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file (a manifest, a table) atomically, like :func:`write_jsonl_atomic`."""
-    path = Path(path)
-    with _write_errors_named(path) as tmp:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _write_errors_named(path: Path) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; on failure remove it and raise :class:`WriteError` naming ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        hint = " (disk full)" if err.errno == errno.ENOSPC else ""
-        message = f"{path}: cannot write: {err.strerror or err}{hint}; the file was left as it was"
-        raise WriteError(err.errno, message) from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file of objects; blank lines are skipped, and line numbers count from 1."""
     path = Path(path)
@@ -390,11 +384,18 @@ def _local_path(source: str) -> Path | None:
     return None
 
 
-def _stripped(value: Any, field: str) -> str:
+def check_text(value: Any, field: str) -> str:
+    """The text of a prompt or reply, stripped; not a string, empty, or holding a control character (NUL, BEL,
+    ...) is a :class:`DataError` naming ``field`` (callers reading rows add the file and row number)."""
     if not isinstance(value, str):
         raise _type_error(field, "a string", value)
     if not value.strip():
         raise DataError(f"field {field!r} is empty")
+    if bad := _CONTROL.search(value):
+        raise DataError(
+            f"field {field!r} contains the control character U+{ord(bad.group()):04X} at character {bad.start() + 1}; "
+            "prompts and replies are text (a NUL usually means a binary file or a broken export)"
+        )
     return value.strip()
 
 

@@ -22,3 +22,23 @@ def process_state():
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
         os.environ["ACCELERATE_USE_CPU"] = "true"
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
+def end_processes(clean: bool = True) -> None:
+    """Leave the process group, if there is one: after a clean run every process first waits for the others.
+
+    A process that exits with its gloo/nccl group still up tears it down during interpreter shutdown, while
+    the group's threads may still be talking to a peer that has already gone; that can end in std::terminate
+    ("terminate called without an active exception", SIGABRT) after all the work is done. Destroying the
+    group explicitly, once everyone has arrived, closes its connections in order. After a failure the others
+    may never arrive, so the group is destroyed without waiting.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if clean:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()

@@ -5,28 +5,31 @@ Everything comes from ``runs/<name>/``: stage manifests, eval metrics, generated
 involved, so a report can be remade for any run directory, also one copied from another machine, and
 remaking it from the same files gives the same report.
 
-Reports get shared, so nothing is read from the environment except to scrub it out again, and config
-keys whose names suggest credentials are dropped before a config is shown (see :func:`redact`).
+Reports get shared, so nothing is read from the environment except to scrub it out again, and every
+config and text shown goes through the one redactor (:mod:`align.redaction`), which masks credentials.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from align.constitution import Constitution, ConstitutionError, load_constitution_data
 from align.constitution.diff import diff_constitutions
 from align.constitution.render import render_markdown, render_text
 from align.evaluation.metrics import COLUMNS, OTHER_SUITE, by_suite, judge_lines
+from align.files import atomic_write, write_error, write_text_atomic
 from align.pipeline import MANIFEST
+from align.redaction import redact, redact_text
 
 __all__ = ["RunError", "compare_runs", "load_run", "plot_data", "redact", "write_report"]
 
@@ -52,10 +55,6 @@ KEY_METRICS = (
 # Preferred log keys first (TRL's PPO trainer), then any key that mentions the quantity.
 PPO_REWARD_KEYS = ("objective/rlhf_reward", "objective/scores", "env/reward_mean", "reward")
 PPO_KL_KEYS = ("objective/kl", "kl")
-
-# Name parts that mark a credential: hub_token, WANDB_API_KEY, apiKey; not max_new_tokens or tokenizer.
-_SECRET_PART = re.compile(r"token|(api)?keys?|secrets?|passw(or)?d|credentials?")
-_SECRET_VALUE = re.compile(r"^(sk-|hf_|ghp_|gho_|ghs_|github_pat_|xox[abprs]-|AKIA)[\w-]{6,}")
 
 
 class RunError(ValueError):
@@ -200,30 +199,6 @@ def _pick_key(history: Sequence[dict[str, Any]], preferred: Sequence[str], word:
     return fallback[0] if fallback else None
 
 
-def _secret_name(name: str) -> bool:
-    parts = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
-    return any(_SECRET_PART.fullmatch(part) for part in parts)
-
-
-def redact(value: Any) -> Any:
-    """Drop keys that may hold credentials and mask token-shaped strings, so configs can be shown."""
-    if isinstance(value, dict):
-        return {k: redact(v) for k, v in value.items() if not _secret_name(str(k))}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    if isinstance(value, str) and _SECRET_VALUE.match(value):
-        return "[redacted]"
-    return value
-
-
-def _scrub(text: str) -> str:
-    """Last line of defence: a credential set in the environment never reaches a shared report."""
-    for name, value in os.environ.items():
-        if _secret_name(name) and len(value) >= 8:
-            text = text.replace(value, "[redacted]")
-    return text
-
-
 # ---------------------------------------------------------------------------------------------------
 # Plots
 
@@ -284,24 +259,11 @@ def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.5, 3.
     return fig
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Temp file and rename, so a reader never sees half a report; created like any file (umask), not 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def _save_png(fig: Any, path: Path) -> None:
-    _write_atomic(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    data = buffer.getvalue()
+    atomic_write(path, lambda f: f.write(data), unchanged=data)
 
 
 def _plot_losses(losses: dict[str, dict[str, list[float]]], title: str, path: Path) -> None:
@@ -408,7 +370,11 @@ def _plot_ppo(ppo: dict[str, Any], title: str, path: Path) -> None:
 def _write_plots(run: RunDir, data: dict[str, Any]) -> dict[str, Path]:
     """Draw what the run has data for; a plot that no longer applies is removed, not left stale."""
     out = run.path / PLOTS_DIR
-    out.mkdir(exist_ok=True)
+    if not out.is_dir():
+        try:
+            out.mkdir()
+        except OSError as err:
+            raise write_error(out, err) from err
     made: dict[str, Path] = {}
     if data["training_loss"]:
         made["training_loss"] = out / "training_loss.png"
@@ -418,8 +384,8 @@ def _write_plots(run: RunDir, data: dict[str, Any]) -> dict[str, Path]:
         made["ppo"] = out / "ppo.png"
         _plot_ppo(data["ppo"], f"PPO: {run.name}", made["ppo"])
     for name in PLOTS:
-        if out / name not in made.values():
-            (out / name).unlink(missing_ok=True)
+        if out / name not in made.values() and (out / name).exists():
+            (out / name).unlink()
     return made
 
 
@@ -442,20 +408,20 @@ class Doc:
     # Text is scrubbed as it comes in, before any escaping could hide a secret from the scrubber.
 
     def heading(self, level: int, text: str) -> None:
-        self.blocks.append(("heading", (level, _scrub(text))))
+        self.blocks.append(("heading", (level, redact_text(text))))
 
     def para(self, *parts: str) -> None:
-        self.blocks.append(("para", tuple(type(p)(_scrub(p)) for p in parts)))
+        self.blocks.append(("para", tuple(type(p)(redact_text(p)) for p in parts)))
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> None:
         """``align`` has one letter per column: l(eft) or r(ight, for numbers)."""
-        self.blocks.append(("table", (list(header), [[_scrub(c) for c in r] for r in rows], align)))
+        self.blocks.append(("table", (list(header), [[redact_text(c) for c in r] for r in rows], align)))
 
     def image(self, alt: str, src: str) -> None:
         self.blocks.append(("image", (alt, src)))
 
     def pre(self, text: str, summary: str | None = None) -> None:
-        self.blocks.append(("pre", (_scrub(text), summary)))
+        self.blocks.append(("pre", (redact_text(text), summary)))
 
     def diff(self, old: Constitution, new: Constitution) -> None:
         self.blocks.append(("diff", diff_constitutions(old, new)))
@@ -625,9 +591,9 @@ def write_report(
     plots = _write_plots(run, data)
     doc = _report_doc(run, prev, plots, samples)
     target = run.path / "report.md"
-    _write_text(target, _scrub(doc.markdown()))
+    write_text_atomic(target, redact_text(doc.markdown()))
     if html:
-        _write_text(run.path / "report.html", _scrub(doc.html(f"Run report: {run.name}")))
+        write_text_atomic(run.path / "report.html", redact_text(doc.html(f"Run report: {run.name}")))
     return target
 
 
@@ -710,7 +676,7 @@ def _report_doc(run: RunDir, prev: RunDir | None, plots: dict[str, Path], sample
     _samples_section(doc, run, samples)
 
     doc.heading(2, "Stage configs")
-    doc.para("Keys that name a token, key, secret or password are left out, and token-shaped values masked.")
+    doc.para("Credentials (URL passwords, key-shaped values, values of keys that name a secret) are masked.")
     for stage, m in run.manifests.items():
         config = json.dumps(redact(m.get("config", {})), indent=2, sort_keys=True, default=str)
         doc.pre(config, summary=stage)
@@ -1036,4 +1002,4 @@ def compare_runs(a: str | os.PathLike[str], b: str | os.PathLike[str], fmt: str 
 
     doc.heading(2, "Constitution")
     _constitution_section(doc, ra, rb, (f"A ({ra.name})", f"B ({rb.name})"))
-    return _scrub(doc.markdown() if fmt == "markdown" else doc.text())
+    return redact_text(doc.markdown() if fmt == "markdown" else doc.text())

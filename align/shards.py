@@ -53,6 +53,7 @@ class ShardRun:
 
     records: Records
     counts: dict[str, float] = field(default_factory=dict)
+    counts_resumed: dict[str, float] = field(default_factory=dict)  # the part of counts from shards already done
     shards: int = 0
     shards_reused: int = 0
     shards_generated: int = 0
@@ -116,21 +117,24 @@ def run_sharded(
         box = [missing]
         broadcast_object_list(box, from_process=0)
         missing = box[0]
-    if missing or done:
+    if n_shards > len(missing):  # a resumed attempt: say how much of it an earlier one finished
         print(f"[align] {desc}: {n_shards - len(missing)} of {n_shards} shards already done", flush=True)
     stage = stage_of(directory)
-    for i in missing[state.process_index :: state.num_processes]:
-        lo, hi = bounds[i]
-        records, counts = process(list(items[lo:hi]), i)
-        header = {
-            "shard": i,
-            "items": hi - lo,
-            "items_hash": _items_hash(items[lo:hi]),
-            "records": len(records),
-            "counts": counts,
-        }
-        write_jsonl_atomic(paths[i], [header, *records])
-        fault_point(stage)
+    from align.generation.base import generation_meter
+
+    with generation_meter(desc):  # one bar or summary line for every generation of the missing shards
+        for i in missing[state.process_index :: state.num_processes]:
+            lo, hi = bounds[i]
+            records, counts = process(list(items[lo:hi]), i)
+            header = {
+                "shard": i,
+                "items": hi - lo,
+                "items_hash": _items_hash(items[lo:hi]),
+                "records": len(records),
+                "counts": counts,
+            }
+            write_jsonl_atomic(paths[i], [header, *records])
+            fault_point(stage)
     state.wait_for_everyone()
 
     result = ShardRun([], shards=n_shards, shards_reused=n_shards - len(missing), shards_generated=len(missing))
@@ -142,4 +146,6 @@ def run_sharded(
         result.records.extend(records)
         for key, value in counts.items():
             result.counts[key] = result.counts.get(key, 0) + value
+            if i not in missing:
+                result.counts_resumed[key] = result.counts_resumed.get(key, 0) + value
     return result

@@ -9,7 +9,8 @@ constitution as ``constitution``, aliased by its version. Online, each stage als
 it consumed, which draws W&B's lineage graph (constitution -> data -> SFT -> reward -> DPO). W&B refuses
 to declare inputs offline, so offline the same links are kept in each artifact's metadata.
 
-Nothing from the environment is logged, and config keys that look like credentials are dropped.
+Nothing from the environment is logged, and every config goes through the one redactor (credentials masked,
+keys kept: :mod:`align.redaction`).
 """
 
 from __future__ import annotations
@@ -23,23 +24,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from align.redaction import redact
+
 GENERATION_STAGES = ("critique_revise", "preferences")
-_SECRET_KEY = re.compile(r"token|secret|password|api_?key|credential", re.IGNORECASE)
 _managed: set[str] = set()
 
 
 def is_managed(run) -> bool:
     """Whether ``run`` was opened by the pipeline (so a trainer must not close it)."""
     return getattr(run, "id", None) in _managed
-
-
-def scrub(value: Any) -> Any:
-    """A copy without keys that look like credentials, whatever the nesting."""
-    if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
-    if isinstance(value, (list, tuple)):
-        return [scrub(v) for v in value]
-    return value
 
 
 def artifact_name(text: str) -> str:
@@ -74,7 +67,7 @@ class WandbTracker:
     def __init__(self, root: Path, group: str, config: dict[str, Any], constitution, upload_models: bool = False):
         self.root = Path(root)
         self.group = group
-        self.config = scrub(config)
+        self.config = redact(config)
         self.constitution = constitution
         self.upload_models = upload_models
 
@@ -103,7 +96,7 @@ class WandbTracker:
             job_type=name,
             name=name,
             group=self.group,
-            config={"stage": name, "stage_config": scrub(config), "inputs": scrub(inputs), "recipe": self.config},
+            config={"stage": name, "stage_config": redact(config), "inputs": redact(inputs), "recipe": self.config},
             reinit="finish_previous",
         )
         _managed.add(run.id)

@@ -22,12 +22,10 @@ from pathlib import Path
 import torch
 
 from align import stages
-from align.config import ConfigError, RecipeConfig, apply_limit, load_config, to_dict
-from align.constitution import ConstitutionError
-from align.data import DataError, WriteError, read_jsonl
-from align.pipeline import Run, StopPipeline, write_json_atomic
+from align.config import RecipeConfig, apply_limit, load_config, to_dict
+from align.data import read_jsonl
+from align.pipeline import Run, write_json_atomic
 from align.stages.evaluate import summary_lines
-from align.train.errors import TrainingDiverged
 
 OPTIMIZERS = ["dpo", "ppo", "grpo", "rloo"]
 STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", *OPTIMIZERS, "eval"]
@@ -39,6 +37,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--force", action="append", default=[], choices=STAGES, help="redo STAGE and after")
     parser.add_argument("--until", choices=STAGES, help="stop after STAGE (the stages after it are not started)")
     parser.add_argument("--limit", type=int, help="dry run: at most N prompts/pairs and N optimiser steps per stage")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs, warnings and bars too")
     return parser.parse_known_args(argv)
 
 
@@ -59,19 +58,24 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(RecipeConfig, args.config, overrides)
     if args.limit is not None:
         cfg = apply_limit(cfg, args.limit)
+    root = Path(cfg.output_dir) / cfg.run_name
+    from align import console
+    from align.distributed import process_state
+
+    console.start(root, verbose=args.verbose, rank=process_state().process_index)  # the full log: root/logs/
     # Everything that can be checked before a stage runs is: models, chat templates, every prompt source.
     ctx = stages.prepare(cfg)
     constitution = ctx.constitution
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    root = Path(cfg.output_dir) / cfg.run_name
     tracker = None
     if cfg.report_to == "wandb":
         from align.tracking import WandbTracker
 
         setup_tracking(cfg, root)
         tracker = WandbTracker(root, cfg.run_name, to_dict(cfg), constitution, upload_models=cfg.wandb_upload_models)
-    run = Run(root, force=set(args.force), order=STAGES, tracker=tracker, until=args.until)
+    plan = ["sft", "critique_revise", "sft_cai", "preferences", *(["reward"] if cfg.reward else []), cfg.optimizer]
+    run = Run(root, force=set(args.force), order=STAGES, tracker=tracker, until=args.until, plan=[*plan, "eval"])
     if run.state.is_main_process:  # what the run was aligned to, for reports and `align runs compare`
         write_json_atomic(run.root / "constitution.json", {**constitution.to_dict(), "identity": constitution.identity})
     print(f"[align] constitution {constitution.identity}; run dir {run.root}", flush=True)
@@ -170,11 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from align.console import entry_point
+
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-    try:
-        main()
-    except StopPipeline as stop:
-        print(f"[align] {stop}", flush=True)
-    except (ConfigError, ConstitutionError, DataError, WriteError, TrainingDiverged) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(entry_point(main))  # user errors: exit 2 without a traceback; the process group torn down

@@ -116,7 +116,7 @@ def worker(args) -> None:
     """Row (d): run under accelerate launch; the main process writes the totals to --out."""
     import torch
 
-    from align.distributed import process_state
+    from align.distributed import end_processes, process_state
     from align.generation import load_backend
 
     torch.set_num_threads(1)
@@ -133,6 +133,9 @@ def worker(args) -> None:
     if state.is_main_process:
         tokens, texts = generated_tokens(records, policy.tokenizer)
         Path(args.out).write_text(json.dumps({"tokens": tokens, "texts": texts, "seconds": seconds}))
+    # Every process waits for the others, then leaves the process group: exiting with it still up (process 1
+    # used to exit while process 0 was still counting tokens) can abort at exit after all the work is done.
+    end_processes()
 
 
 def main() -> None:

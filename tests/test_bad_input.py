@@ -54,7 +54,7 @@ def assert_clean_failure(result: subprocess.CompletedProcess, tmp: Path, *needle
         for partial in runs.glob("*.partial"):
             assert {p.name for p in partial.iterdir()} <= {"shards", "checkpoints", ".input_hash"}, partial
         for stage in runs.iterdir():
-            if stage.is_dir() and not stage.name.endswith(".partial") and stage.name != "report":
+            if stage.is_dir() and not stage.name.endswith(".partial") and stage.name not in ("report", "logs"):
                 assert (stage / "manifest.json").exists(), stage
 
 
@@ -91,6 +91,21 @@ def test_prompt_file_missing_required_column(tmp_path, cache):
     result = run(tmp_path, cache, f"--critique_revise.red_team_prompts={prompts}", "--until=critique_revise")
     assert_clean_failure(result, tmp_path, "red.jsonl: row 1", "no recognised prompt column", "['question']")
     assert not (tmp_path / "runs" / "cai-smoke" / "critique_revise").exists()
+
+
+def test_prompt_folder_of_garbage(tmp_path, cache):
+    folder = tmp_path / "red"
+    folder.mkdir()
+    (folder / "part-0.jsonl").write_bytes(bytes(range(256)) * 8)  # not text at all
+    result = run(tmp_path, cache, f"--critique_revise.red_team_prompts={folder}", "--until=critique_revise")
+    assert_clean_failure(result, tmp_path, f"{folder}/part-0.jsonl: cannot read as json")
+
+
+def test_nul_inside_a_prompt(tmp_path, cache):
+    prompts = tmp_path / "red.jsonl"
+    prompts.write_text('{"prompt": "How do I pick a lock?"}\n{"prompt": "How do I\\u0000 hotwire a car?"}\n')
+    result = run(tmp_path, cache, f"--critique_revise.red_team_prompts={prompts}", "--until=critique_revise")
+    assert_clean_failure(result, tmp_path, "red.jsonl: row 2: field 'prompt' contains the control character U+0000")
 
 
 def test_prompt_missing_in_one_row(tmp_path, cache):
@@ -201,6 +216,8 @@ def test_disk_full_names_the_file_and_the_rerun_resumes(tmp_path, cache):
     again = run(tmp_path, cache, "--until=critique_revise")  # space freed: the same command finishes the stage
     assert again.returncode == 0, again.stderr[-3000:]
     assert "critique_revise: 1 of 3 shards already done" in again.stdout
+    # the counts agree with that: the 16 samples of the finished shard were made by the attempt that failed
+    assert "critique_revise: reused 0 samples, regenerated 48 (16 of them by an earlier attempt)" in again.stdout
     samples = (tmp_path / "runs" / "cai-smoke" / "critique_revise" / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 48 and len({json.loads(s)["id"] for s in samples}) == 48
 
@@ -217,3 +234,38 @@ def test_write_error_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch)
         write_jsonl_atomic(target, [{"a": 2}, {"b": 3}])
     assert target.read_text() == '{"a": 1}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def test_two_runs_on_one_run_directory(tmp_path, cache):
+    """A second run on a run directory in use stops at once (exit 2, naming the holder) and leaves the first
+    one's files alone; once the holder is gone (killed), the next run takes the stale lock over and finishes."""
+    import signal
+    import socket
+    import time
+
+    argv = ["--config", str(SMOKE), f"--output_dir={tmp_path / 'runs'}", *QUICK, "--until=critique_revise"]
+    env = {**os.environ, "ALIGN_CACHE": str(cache), "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
+    first = subprocess.Popen([sys.executable, str(RECIPE), *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    lock = tmp_path / "runs" / "cai-smoke" / ".lock"
+    deadline = time.time() + 600
+    while first.poll() is None and time.time() < deadline:
+        if lock.exists() and f'"pid": {first.pid},' in lock.read_text():
+            break
+        time.sleep(0.1)
+    os.kill(first.pid, signal.SIGSTOP)  # holds the lock, alive, for as long as the second run takes
+    try:
+        second = run(tmp_path, cache, "--until=sft")
+        assert_clean_failure(
+            second,
+            tmp_path,
+            f"{lock.parent}: in use by another run (pid {first.pid} on {socket.gethostname()}, started ",
+            f"if it is gone, delete {lock}",
+        )
+    finally:
+        first.kill()  # SIGKILL: the lock stays behind, stale
+        first.wait()
+    assert lock.exists()
+    third = run(tmp_path, cache, "--until=sft")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"{lock}: taking over the lock of pid {first.pid}, which is gone" in third.stdout
+    assert not lock.exists()  # released at exit

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 
 import pytest
 import torch
 from datasets import Dataset
+from helpers.mounts import needs_mount_namespace, run_mounted
 
 from align.config import SFTStageConfig
 from align.shards import run_sharded, shard_seed
@@ -112,3 +116,97 @@ def test_checkpoint_problems_are_named(tmp_path):
     with pytest.warns(UserWarning, match="checkpoint-3: skipping corrupt or partial checkpoint: trainer_state"):
         assert newest_valid_checkpoint(tmp_path) is None
     assert not ck.exists()  # deleted, so the Trainer never saves into or rotates by a half-written directory
+
+
+WORDS = ["bike", "lock", "door", "car", "lamp", "kite", "boat", "tent"]
+
+
+def varied_data():
+    """20 conversations of different lengths, so the length-grouped sampler's order changes the batches."""
+    rows = []
+    for i in range(20):
+        question = f"How do I fix the {WORDS[i % 8]}" + " please" * (i % 5) + "?"
+        answer = "Sure. " + " ".join(["First look at it, then mend it."] * (1 + i % 3))
+        rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+    return rows
+
+
+@pytest.mark.parametrize("checkpoint", ["checkpoint-6", "checkpoint-12"])
+def test_resume_past_an_epoch_boundary_reaches_the_uninterrupted_weights(tmp_path, checkpoint):
+    """20 rows in batches of 4: 5 steps per epoch, 3 epochs. Resumed from step 6 (epoch 2) or 12 (epoch 3), SFT
+    must end with the weights and per-step losses of the uninterrupted run. Its length-grouped sampler used to
+    shuffle from the global RNG, so every epoch after the first was drawn in another order after a resume."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    rows = varied_data()
+    texts = [m["content"] for r in rows for m in r["messages"]]
+
+    def model_and_tokenizer():
+        torch.manual_seed(0)
+        tok = build_tokenizer(texts, 300)
+        return build_model(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64), tok
+
+    cfg = SFTStageConfig(
+        learning_rate=1e-2,
+        num_train_epochs=3,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        save_steps=3,
+        save_total_limit=10,
+        warmup_ratio=0,
+    )
+    full = train_sft(*model_and_tokenizer(), Dataset.from_list(rows), cfg, str(tmp_path / "full"), seed=0)
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "full" / "checkpoints" / checkpoint, resumed_dir / "checkpoints" / checkpoint)
+    resumed = train_sft(*model_and_tokenizer(), Dataset.from_list(rows), cfg, str(resumed_dir), seed=0)
+    assert resumed["resumed_from_step"] == int(checkpoint.split("-")[1]) and resumed["steps"] == full["steps"] == 15
+
+    def losses(directory):
+        history = json.loads((directory / "log_history.json").read_text())
+        return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+    assert losses(resumed_dir) == pytest.approx(losses(tmp_path / "full"), rel=1e-6)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(resumed_dir / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+TRAIN_ON_FULL_DISK = """
+import sys
+from datasets import Dataset
+from align.config import SFTStageConfig
+from align.files import WriteError
+from align.tiny.model import build_model, build_tokenizer
+from align.train.sft import train_sft
+
+texts = ["How do I fix a bike?", "Sure. To fix it, first look, then mend."]
+tok = build_tokenizer(texts, 300)
+model = build_model(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+row = {"messages": [{"role": "user", "content": texts[0]}, {"role": "assistant", "content": texts[1]}]}
+cfg = SFTStageConfig(learning_rate=1e-2, max_steps=4, per_device_train_batch_size=4, save_steps=1)
+try:
+    train_sft(model, tok, Dataset.from_list([row] * 16), cfg, sys.argv[1], seed=0)
+except WriteError as err:
+    print(err)
+    sys.exit(2)
+"""
+
+
+@needs_mount_namespace
+def test_a_full_disk_during_a_trainer_checkpoint_names_the_file(tmp_path):
+    """A real 400 KiB tmpfs: the first checkpoint (about 300 KiB) fits, the second runs out of space mid-save.
+    torch.save says only "unexpected pos 64 vs 0"; the error must name the file and the full disk."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    argv = [sys.executable, "-c", TRAIN_ON_FULL_DISK, disk / "sft"]
+    result = run_mounted(argv, tmpfs={disk: "400k"}, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert re.fullmatch(
+        rf"{disk}/sft/checkpoints/checkpoint-\d+/\S+: cannot write: No space left on device \(disk full\); "
+        r"the checkpoint is incomplete and will not be resumed from; make room and run the same command again\n",
+        result.stdout,
+    ), result.stdout
+    assert "Traceback" not in result.stderr

@@ -296,6 +296,47 @@ def test_unreadable_file_names_the_file(tmp_path):
         load_prompts(str(path))
 
 
+def test_a_folder_of_garbage_is_a_data_error_naming_the_file(tmp_path):
+    """Random bytes in a prompt folder: a DataError naming the bad file, not a DatasetGenerationError traceback."""
+    import random
+
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    noise = random.Random(0)
+    (folder / "a.jsonl").write_bytes(bytes(noise.randrange(256) for _ in range(3000)))
+    (folder / "b.bin").write_bytes(bytes(noise.randrange(256) for _ in range(2000)))
+    with pytest.raises(DataError, match=rf"^{folder}/a\.jsonl: cannot read as json: "):
+        load_prompts(str(folder))
+    (folder / "a.jsonl").unlink()  # nothing readable left: the error names the folder
+    with pytest.raises(DataError, match=rf"^{folder}: cannot load as a dataset: "):
+        load_prompts(str(folder))
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "at"),
+    [("How do I\x00 pick a lock?", "0000", 9), ("\x07Ring", "0007", 1), ("tab\tis\u0085fine?", "0085", 7)],
+)
+def test_control_characters_are_rejected_with_the_row(tmp_path, text, code, at):
+    src = jsonl(tmp_path / "p.jsonl", [{"prompt": "Fine.\tWith a tab\r\nand a newline"}, {"prompt": text}])
+    with pytest.raises(
+        DataError,
+        match=rf"p\.jsonl: row 2: field 'prompt' contains the control character U\+{code} "
+        rf"at character {at};",
+    ):
+        load_prompts(src)
+    assert load_prompts(src, limit=1) == ["Fine.\tWith a tab\r\nand a newline"]
+
+
+def test_control_characters_in_preference_pairs_name_the_row_and_field(tmp_path):
+    from align.data import load_preference_pairs
+
+    src = jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Hi", "chosen": "Hello", "rejected": "Go\x00away"}])
+    with pytest.raises(
+        DataError, match=r"pairs\.jsonl: row 1: field 'rejected' contains the control character U\+0000"
+    ):
+        load_preference_pairs(src)
+
+
 def test_read_jsonl(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text('{"a": 1}\n\n{"a": 2}\n')

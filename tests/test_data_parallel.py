@@ -64,3 +64,40 @@ def test_two_processes_return_exactly_the_one_process_replies_in_order(tmp_path)
     # counters are totals over both processes
     assert two["samples_generated"] == N and two["signing_samples"] == N
     assert two["tokens_generated"] == one["tokens_generated"]
+
+
+def launch_two(*args: str) -> subprocess.CompletedProcess:
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("TQDM_DISABLE", None)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_share_one_lock_and_every_run_exits_cleanly(tmp_path):
+    """Three launches in a row on one run directory: all processes run under process 0's lock, the lock is
+    gone after each run, and every run exits 0 (no abort at exit: the process group is torn down first)."""
+    root = tmp_path / "run"
+    for attempt in range(3):
+        result = launch_two(str(Path(__file__).parent / "helpers" / "dp_run.py"), str(root))
+        assert result.returncode == 0 and "terminate called" not in result.stderr, (attempt, result.stderr[-3000:])
+        seen = json.loads((root / "gather" / "seen.json").read_text())
+        assert len(set(seen["pids"])) == 2 and seen["lock_pid"] == seen["pids"][0]
+        assert not (root / ".lock").exists()
+
+
+def test_the_generation_benchmark_worker_exits_cleanly_run_after_run(tmp_path):
+    """scripts/bench_generation.py's data-parallel worker, three times: each must exit 0 and write its totals
+    (it once died with "terminate called without an active exception" after finishing its work)."""
+    from helpers.tiny_lm import save_tiny_lm
+
+    save_tiny_lm(tmp_path / "tiny", ["How do I fix a bike? please", "Sure. First look."])
+    for attempt in range(3):
+        out = tmp_path / f"dp-{attempt}.json"
+        args = ["--worker", "--config", "recipes/configs/cai_smoke.yaml", "--prompts", "8", "--repeats", "1"]
+        result = launch_two(
+            str(ROOT / "scripts" / "bench_generation.py"), *args, "--model", str(tmp_path / "tiny"), "--out", str(out)
+        )
+        assert result.returncode == 0 and "terminate called" not in result.stderr, (attempt, result.stderr[-3000:])
+        assert json.loads(out.read_text())["texts"] == 8 * 3

@@ -91,7 +91,11 @@ def test_base_model_sft_under_two_processes(single):
     run = tmp / "runs2"
     result = recipe(run, tmp / "cache-2", "--until=sft", "--sft.per_device_train_batch_size=8", processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("[align] sft: running") == 2  # two processes, each in the stage
+    # two processes, each in the stage: the console shows the first one's lines, each process logs its own
+    assert result.stdout.count("[align] sft: running") == 1
+    logs = sorted((run / "cai-smoke" / "logs").glob("*.log"))
+    assert len(logs) == 2 and sum(log.name.endswith("-rank1.log") for log in logs) == 1
+    assert all("[align] sft: running" in log.read_text() for log in logs)
     assert_same_trajectory(tmp / "snapshot" / "cai-smoke" / "sft", run / "cai-smoke" / "sft")
 
 

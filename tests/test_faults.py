@@ -2,8 +2,9 @@
 
 For every stage, ``ALIGN_FAULT_AFTER=<stage>:<n>`` kills the recipe (a real subprocess, SIGKILL) right after
 its n-th durable write (a generation shard or a training checkpoint), with n drawn at seeded random from the
-points an uninterrupted run passes. The same command is then run again. It must resume (not restart), and
-the stage's outputs must be complete, without duplicates, and equal to the uninterrupted run's: generation
+points an uninterrupted run passes; a training stage is killed only after its first epoch. The same command
+is then run again. It must resume (not restart), and the stage's outputs must be complete, without
+duplicates, and equal to the uninterrupted run's: generation
 files byte for byte (sampled generation included, since each shard has its own seed), training per-step
 losses and final weights. One point per stage also damages what the kill left behind the way a kill in the
 middle of a write would (a half-written checkpoint, a stray temp file), which must be skipped.
@@ -40,10 +41,14 @@ STAGES = {
     "eval": "generation",
 }
 POINTS_PER_STAGE = 2
-# A shorter base model, and every step logged so loss trajectories can be compared step by step.
+# Checkpoint interval of each training stage in the runs below (a fault point per checkpoint).
+SAVE_STEPS = {"sft": 6, "sft_cai": 1, "reward": 2, "dpo": 2}
+# Every training stage runs past its first epoch (the base model: 36 steps of about 29 per epoch; the others
+# two epochs), and every step is logged so loss trajectories can be compared step by step.
 OVERRIDES = [
-    "--sft.max_steps=24",
-    "--sft.save_steps=8",
+    "--sft.max_steps=36",
+    f"--sft.save_steps={SAVE_STEPS['sft']}",
+    *(f"--{s}.num_train_epochs=2" for s in ("sft_cai", "reward", "dpo")),
     *(f"--{s}.logging_steps=1" for s in ("sft", "sft_cai", "reward", "dpo")),
 ]
 
@@ -134,13 +139,25 @@ def check_outputs(kind: str, got: Path, want: Path) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+def candidate_points(stage: str, points: int, snapshot: Path) -> list[int]:
+    """The fault points to draw from: for a training stage, only checkpoints after its first epoch (where a
+    resumed run must restore the data order of a later epoch, which it once did not); any for generation."""
+    if STAGES[stage] != "training":
+        return list(range(1, points + 1))
+    history = json.loads((snapshot / "cai-smoke" / stage / "log_history.json").read_text())
+    steps_per_epoch = next(e["step"] / e["epoch"] for e in history if "loss" in e and e.get("epoch"))
+    return [n for n in range(1, points + 1) if n * SAVE_STEPS[stage] > steps_per_epoch]
+
+
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_killed_stage_resumes_to_the_uninterrupted_result(baseline, stage):
     tmp, points, snapshot = baseline
     kind = STAGES[stage]
     assert points[stage] >= 2, f"{stage} passes only {points[stage]} fault points in the smoke run"
+    candidates = candidate_points(stage, points[stage], snapshot)
+    assert candidates, f"{stage} writes no checkpoint after its first epoch"
     rng = random.Random(f"fault-injection:{stage}")
-    chosen = sorted(rng.sample(range(1, points[stage] + 1), min(POINTS_PER_STAGE, points[stage])))
+    chosen = sorted(rng.sample(candidates, min(POINTS_PER_STAGE, len(candidates))))
     run_root = tmp / "runs"
     for k, n in enumerate(chosen):
         shutil.rmtree(run_root)

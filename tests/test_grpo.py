@@ -160,3 +160,41 @@ def test_checkpointing_and_sampling_follow_the_config(kind, reward_dir, tmp_path
     assert args.gradient_checkpointing is False and not model.is_gradient_checkpointing
     assert (args.temperature, args.top_p, args.beta, args.max_completion_length) == (0.7, 0.9, 0.02, 12)
     assert args.num_generations == 2 and args.bf16 is False
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_a_run_resumed_past_an_epoch_boundary_ends_where_an_uninterrupted_one_does(kind, reward_dir, tmp_path):
+    """8 prompts, 2 per step: an epoch is 4 steps. The run is resumed from step 5's checkpoint (one step into the
+    second epoch): it must resume (not restart), log every step once and end with the uninterrupted weights.
+    The prompt sampler used to carry one generator across epochs, so the resumed epoch saw another order."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    cfg = fast(kind, max_steps=7, save_steps=1, save_total_limit=10)
+    full = TRAINERS[kind][1](*policy(), prompts(), reward_dir, cfg, str(tmp_path / "full"), seed=0)
+    resumed_dir = tmp_path / "resumed" / "checkpoints"
+    resumed_dir.mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "checkpoint-5", resumed_dir / "checkpoint-5")
+    resumed = TRAINERS[kind][1](*policy(), prompts(), reward_dir, cfg, str(resumed_dir.parent), seed=0)
+    assert resumed["resumed_from_step"] == 5 and resumed["steps"] == full["steps"] == 7
+
+    def losses(directory):
+        history = json.loads((directory / "log_history.json").read_text())
+        steps = [h["step"] for h in history if "loss" in h]
+        assert len(steps) == len(set(steps)), steps  # a step logged twice: the resume repeated work
+        return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+    assert losses(resumed_dir.parent) == pytest.approx(losses(tmp_path / "full"), rel=1e-5, abs=1e-9)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(resumed_dir.parent / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_a_diverging_run_stops_with_its_step_and_last_checkpoint(kind, reward_dir, tmp_path):
+    from align.train.errors import TrainingDiverged
+
+    cfg = fast(kind, learning_rate=1e30, max_steps=4, save_steps=1)
+    with pytest.raises(TrainingDiverged, match=r"loss is NaN or infinite at step 2 .*checkpoint-1"):
+        TRAINERS[kind][1](*policy(), prompts(), reward_dir, cfg, str(tmp_path / kind), seed=0)

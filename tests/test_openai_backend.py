@@ -221,3 +221,35 @@ def test_unreachable_server_fails_fast_and_says_what_to_do():
     with pytest.raises(ServerError, match=r"cannot reach an OpenAI-compatible server at .*vllm serve"):
         backend.generate(convs(PROMPTS[:2]), GREEDY, seed=0)
     assert time.perf_counter() - start < 10  # no retry loop against a server that is not there
+
+
+@pytest.mark.parametrize("url", ["http://gpu-box:8000/v1", "http://10.0.0.7:8000/v1", "http://user:pw@192.168.1.2/v1"])
+def test_a_key_is_never_sent_over_plain_http_to_another_machine(url, monkeypatch):
+    """The default api_key_env is OPENAI_API_KEY: with a real key set, an http:// URL to another host used to send
+    it unencrypted. Now the backend refuses before any request, and says how to fix it (without the key)."""
+    from align.config import ConfigError
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-0123456789")
+    with pytest.raises(ConfigError, match=r"backend.base_url: .* is plain http to another machine") as err:
+        OpenAIBackend(BackendSettings(kind="openai", base_url=url), "m")
+    assert "sk-test-secret" not in str(err.value) and "pw@" not in str(err.value)
+    insecure = BackendSettings(kind="openai", base_url=url, allow_insecure_http=True)
+    assert OpenAIBackend(insecure, "m")._headers == {"Authorization": "Bearer sk-test-secret-0123456789"}
+    monkeypatch.delenv("OPENAI_API_KEY")  # no key, nothing to protect
+    assert OpenAIBackend(BackendSettings(kind="openai", base_url=url), "m")._headers == {}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://gpu-box/v1",
+        "http://127.0.0.1:8000/v1",
+        "http://127.8.9.1/v1",
+        "http://localhost:8000/v1",
+        "http://[::1]:8000/v1",
+    ],
+)
+def test_a_key_goes_over_https_or_to_this_machine(url, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-0123456789")
+    backend = OpenAIBackend(BackendSettings(kind="openai", base_url=url), "m")
+    assert backend._headers == {"Authorization": "Bearer sk-test-secret-0123456789"}

@@ -240,7 +240,7 @@ def test_resume_from_the_newest_valid_checkpoint_equals_an_uninterrupted_run(tmp
     (tmp_path / "cut" / "checkpoints" / ".tmp-step-000006").mkdir()  # a save that never finished
 
     tok, policy, value, prompts = tiny_world()
-    with pytest.warns(UserWarning, match="skipping unusable checkpoint .*step-000004"):
+    with pytest.warns(UserWarning, match="step-000004: skipping corrupt or partial checkpoint: optimizer.pt"):
         resumed = PPO(policy, tok, target_share(tok), prompts, cfg, tmp_path / "cut", seed=0, value_model=value)
     assert resumed.step == 2
     resumed.train()
@@ -282,11 +282,19 @@ def test_bad_input_is_named(tmp_path):
         )
 
 
-def test_nan_loss_stops_with_the_step_number(tmp_path):
+def test_nan_loss_stops_with_the_step_number_and_the_last_checkpoint(tmp_path):
+    """A reward that turns NaN at step 3: the stage stops there, naming step 3 and the checkpoint of step 2."""
+    from align.train.errors import TrainingDiverged
+
     tok, policy, value, prompts = tiny_world()
+    calls = []
 
-    def nan_reward(conversations, answers):
-        return [float("nan")] * len(answers)
+    def reward(conversations, answers):
+        calls.append(1)
+        return [float("nan") if len(calls) == 3 else 1.0] * len(answers)
 
-    with pytest.raises(FloatingPointError, match="PPO step 1: the loss is nan"):
-        train_ppo(policy, tok, nan_reward, prompts, fast_cfg(steps=1), str(tmp_path), seed=0, value_model=value)
+    out = tmp_path / "ppo.partial"
+    with pytest.raises(
+        TrainingDiverged, match=r"^ppo: loss is NaN or infinite at step 3 .*checkpoint is .*step-000002"
+    ):
+        train_ppo(policy, tok, reward, prompts, fast_cfg(steps=4, save_steps=2), str(out), seed=0, value_model=value)

@@ -268,5 +268,7 @@ def test_nan_loss_is_reported(tmp_path):
     with torch.no_grad():
         model.score.weight.fill_(float("nan"))
     # stopped at the first step by the crash-safety callback, before any NaN checkpoint is written
-    with pytest.raises(FloatingPointError, match="rm: loss is NaN or infinite at step 1"):
+    from align.train.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="rm: loss is NaN or infinite at step 1"):
         train_reward(model, tok, pairs(8, 0), None, fast(max_steps=2), str(tmp_path / "rm"), seed=0)

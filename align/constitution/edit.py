@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,26 +16,9 @@ import yaml
 
 from align.constitution.model import Constitution, ConstitutionError, load_constitution, parse_constitution_text
 from align.constitution.versions import Level, bump_version
+from align.files import write_text_atomic
 
-__all__ = ["bump_file", "dump_constitution", "write_atomic"]
-
-
-def write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write via a temporary file and rename, so an interrupted write never leaves half a file."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if target.exists():
-            os.chmod(tmp, target.stat().st_mode & 0o7777)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+__all__ = ["bump_file", "dump_constitution"]
 
 
 def bump_file(path: str | os.PathLike[str], level: Level, message: str) -> tuple[Constitution, Constitution]:
@@ -73,7 +55,7 @@ def bump_file(path: str | os.PathLike[str], level: Level, message: str) -> tuple
             f"set version to {new_version} and add the changelog entry by hand",
             source=source,
         )
-    write_atomic(source, new_text)
+    write_text_atomic(source, new_text)
     return old, new
 
 
@@ -160,7 +142,11 @@ def dump_constitution(
 ) -> str:
     """Our own file layout for a constitution, with defaults left out so the file stays short.
 
-    ``comments`` go at the top and ``trailer`` at the end of YAML output; JSON cannot hold them.
+    The data goes through the YAML (or JSON) library, never through string splicing: text imported from
+    another project's file can hold anything, newlines included. ``comments`` (for the top) and
+    ``trailer`` (for the end) become YAML comments, every physical line of them commented out, and JSON
+    cannot hold them. The text is parsed back before it is returned and must be ``c`` itself, so what a
+    caller writes and the identity it prints are the file's.
     """
     data = c.to_dict()
     for p in data["principles"]:
@@ -172,8 +158,18 @@ def dump_constitution(
         if not data[key]:
             del data[key]
     if suffix.lower() == ".json":
-        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    body = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=4096, default_flow_style=False)
-    head = "".join(f"# {line}\n" for line in comments)
-    tail = "".join(f"# {line}\n" for line in trailer)
-    return head + body + ("\n" + tail if tail else "")
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    else:
+        body = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=4096, default_flow_style=False)
+        head = "".join(_comment(line) for line in comments)
+        tail = "".join(_comment(block) for block in trailer)
+        text = head + body + ("\n" + tail if tail else "")
+    written = parse_constitution_text(text, f"<{c.name} as {suffix}>", suffix=suffix)
+    if written.content_hash != c.content_hash:
+        raise ConstitutionError(f"{c.name}: the written file would not hold the same constitution; nothing was written")
+    return text
+
+
+def _comment(text: str) -> str:
+    """``text`` as YAML comment lines. ``splitlines`` breaks at every line break YAML knows (and more)."""
+    return "".join(f"# {line}".rstrip() + "\n" for line in text.splitlines() or [""])

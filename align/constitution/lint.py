@@ -10,7 +10,17 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from align.constitution.model import Constitution, FieldPath, Principle, _format_path, _locate, _nearest_line
+from align.constitution.model import (
+    PRINCIPLE_CHARS,
+    Constitution,
+    FieldPath,
+    Principle,
+    _format_path,
+    _locate,
+    _nearest_line,
+    long_principle_fields,
+    long_principle_message,
+)
 
 __all__ = ["LintWarning", "lint"]
 
@@ -50,6 +60,9 @@ def lint(c: Constitution, *, rl_cai: bool = False) -> list[LintWarning]:
                     f"principle {p.id!r} has no comparison question, so RL-CAI preference labelling cannot use it",
                 )
 
+    for path, length in long_principle_fields(c):
+        warn("long-principle", path, long_principle_message(length))
+
     for i, j, ratio in _near_duplicates(c.principles):
         a, b = c.principles[i], c.principles[j]
         first_line = _nearest_line(c.lines, ("principles", i))
@@ -77,7 +90,8 @@ def lint(c: Constitution, *, rl_cai: bool = False) -> list[LintWarning]:
 
 
 def _near_duplicates(principles: Sequence[Principle]) -> Iterable[tuple[int, int, float]]:
-    texts = [f"{p.critique}\n{p.revision}" for p in principles]
+    # overlong principles are warned about on their own; comparing them is quadratic in their length
+    texts = [f"{p.critique}\n{p.revision}"[: 2 * PRINCIPLE_CHARS] for p in principles]
     for j in range(len(texts)):
         for i in range(j):
             matcher = difflib.SequenceMatcher(None, texts[i], texts[j], autojunk=False)

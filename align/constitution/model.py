@@ -18,6 +18,7 @@ import math
 import os
 import random
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,7 +238,38 @@ def load_constitution(path: str | os.PathLike[str]) -> Constitution:
         raise ConstitutionError(f"not valid UTF-8 text ({e.reason})", source=source) from None
     except OSError as e:
         raise ConstitutionError(f"cannot read file: {e.strerror or e}", source=source) from None
-    return parse_constitution_text(text, source, suffix=suffix)
+    constitution = parse_constitution_text(text, source, suffix=suffix)
+    for path, length in long_principle_fields(constitution):
+        where = _locate("", source=source, line=_nearest_line(constitution.lines, path), field=_format_path(path))
+        warnings.warn(f"{where}{long_principle_message(length)}", ConstitutionWarning, stacklevel=2)
+    return constitution
+
+
+class ConstitutionWarning(UserWarning):
+    """A constitution that loads but is likely a mistake; ``validate`` reports the same through its lint."""
+
+
+# Longer than any sensible instruction (the shipped ones are under 120 characters): usually a file pasted into
+# a field by mistake. Every critique, revision and comparison prompt would carry it, so it is worth a warning.
+PRINCIPLE_CHARS = 2000
+
+
+def long_principle_fields(c: Constitution) -> list[tuple[FieldPath, int]]:
+    """(field path, length) of every critique, revision or comparison longer than :data:`PRINCIPLE_CHARS`."""
+    found = []
+    for i, p in enumerate(c.principles):
+        for name in ("critique", "revision", "comparison"):
+            text = getattr(p, name)
+            if text is not None and len(text) > PRINCIPLE_CHARS:
+                found.append((("principles", i, name), len(text)))
+    return found
+
+
+def long_principle_message(length: int) -> str:
+    return (
+        f"{length:,} characters, over the {PRINCIPLE_CHARS:,} a principle should need (a sentence or two); "
+        "every prompt built from it carries all of it"
+    )
 
 
 def parse_constitution_text(text: str, source: str, *, suffix: str | None = None) -> Constitution:

@@ -319,4 +319,6 @@ def critique_and_revise_sharded(
 
     out = run_sharded(items, directory, process, cfg.shard_size, desc="critique_revise")
     counts = {k: int(v) for k, v in out.counts.items()}
+    # of the regenerated samples, those an earlier, interrupted attempt made (its shards were reused)
+    counts["regenerated_earlier"] = int(out.counts_resumed.get("regenerated", 0))
     return out.records, {**counts, "shards": out.shards, "shards_resumed": out.shards_reused}

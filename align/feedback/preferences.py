@@ -127,7 +127,8 @@ class OptionScorer:
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         start = time.perf_counter()
-        for lo in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch", leave=False):
+        # disable=None: no bar when not on a terminal (a log or a pipe gets no redraws)
+        for lo in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch", leave=False, disable=None):
             idx = order[lo : lo + self.batch_size]
             width = max(len(items[i][0]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
@@ -42,27 +44,72 @@ def is_main_local_process() -> bool:
 
 
 class Progress:
-    """A tqdm bar over conversations whose postfix shows generated tokens per second.
+    """Progress of one batch of generation: samples/s and, the number that compares backends, tokens/s.
 
-    tqdm already prints samples/s (unit ``sample``); tokens/s is the number that compares backends, since
-    replies differ in length. Disabled on every process but the local main one so bars do not interleave.
+    Inside a :func:`generation_meter` (a stage's sharded generation) it reports to the meter, so a stage makes
+    one bar or line however many generate calls it takes. On its own it is its own meter. A meter on a
+    terminal is a tqdm bar that stays with its final samples/s and tokens/s; elsewhere (a log, a pipe) it is
+    one summary line when it ends. Only the local main process draws, so bars do not interleave.
     """
 
     def __init__(self, total: int, desc: str) -> None:
         self.start = time.perf_counter()
         self.tokens = 0
-        self.bar = tqdm(total=total, desc=desc, unit="sample", leave=False, disable=not is_main_local_process())
+        self.meter = _meters[-1] if _meters else _Meter(desc, total)
 
     def update(self, samples: int, tokens: int) -> None:
         self.tokens += tokens
-        self.bar.update(samples)
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        self.bar.set_postfix(tok_s=f"{self.tokens / elapsed:.0f}", refresh=False)
+        self.meter.update(samples, tokens)
 
     def close(self) -> float:
-        """Close the bar and return the seconds since it was opened."""
-        self.bar.close()
+        """Close the bar (unless a stage's meter owns it) and return the seconds since it was opened."""
+        if not _meters or self.meter is not _meters[-1]:
+            self.meter.close()
         return time.perf_counter() - self.start
+
+
+class _Meter:
+    def __init__(self, desc: str, total: int | None = None) -> None:
+        self.desc, self.samples, self.tokens = desc, 0, 0
+        self.start = time.perf_counter()
+        show = is_main_local_process()
+        self.bar = None
+        if show and sys.stderr.isatty():
+            self.bar = tqdm(total=total, desc=desc, unit="sample", leave=True, dynamic_ncols=True)
+        self.line = show and self.bar is None
+
+    def update(self, samples: int, tokens: int) -> None:
+        self.samples += samples
+        self.tokens += tokens
+        if self.bar is not None:
+            self.bar.update(samples)
+            self.bar.set_postfix(tok_s=f"{self.tokens / max(time.perf_counter() - self.start, 1e-9):.0f}")
+
+    def close(self) -> None:
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        if self.bar is not None:
+            self.bar.close()
+        elif self.line and self.samples:
+            print(
+                f"[align] {self.desc}: generated {self.samples} samples in {seconds:.1f}s "
+                f"({self.samples / seconds:.1f} samples/s, {self.tokens / seconds:.0f} tokens/s)",
+                flush=True,
+            )
+
+
+_meters: list[_Meter] = []
+
+
+@contextlib.contextmanager
+def generation_meter(desc: str, total: int | None = None) -> Iterator[None]:
+    """All generation inside (any number of generate calls) shown as one bar or one summary line."""
+    meter = _Meter(desc, total)
+    _meters.append(meter)
+    try:
+        yield
+    finally:
+        _meters.remove(meter)
+        meter.close()
 
 
 def generation_metrics(backends: Iterable[Backend]) -> dict[str, Any]:

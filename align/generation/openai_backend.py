@@ -7,23 +7,27 @@ honouring ``Retry-After``; errors that retrying cannot fix (an unreachable serve
 bad request) fail at once with a message that says what to change.
 
 The API key is read from the environment variable named in the config when the backend is built and is
-kept only in the request headers: it is not part of the backend's name, repr, errors or any manifest.
+kept only in the request headers: it is not part of the backend's name, repr, errors or any manifest. It is
+sent only over https or to this machine (loopback), unless ``allow_insecure_http`` says the network is trusted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from align.config import BackendSettings, SamplingSettings
+from align.config import BackendSettings, ConfigError, SamplingSettings
 from align.generation.base import Message, Progress
+from align.redaction import redact_text
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE = 0.5  # seconds before the first retry; doubles each time
@@ -45,6 +49,20 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
         except ValueError:
             pass
     return min(BACKOFF_BASE * 2**attempt, BACKOFF_CAP) * (0.5 + random.random())
+
+
+def key_safe_over(url: str) -> bool:
+    """Whether a key may be sent to ``url``: over https, or over http to this machine (loopback) only."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = (parts.hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _detail(response: httpx.Response) -> str:
@@ -89,6 +107,12 @@ class OpenAIBackend:
         self.seconds = 0.0
         self.retries = 0  # transient failures that were retried, for manifests and tests
         key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+        if key and not settings.allow_insecure_http and not key_safe_over(self.base_url):
+            raise ConfigError(
+                f"backend.base_url: {redact_text(self.base_url)} is plain http to another machine: the key in "
+                f"${settings.api_key_env} would cross the network unencrypted. Use https, unset "
+                "backend.api_key_env, or set backend.allow_insecure_http: true for a network you trust"
+            )
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def __repr__(self) -> str:  # never shows the headers, which hold the key

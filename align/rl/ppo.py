@@ -22,11 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import shutil
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,7 +34,6 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from align.config import PPOStageConfig
-from align.faults import fault_point, stage_of
 from align.rl.losses import (
     KLController,
     explained_variance,
@@ -48,9 +45,17 @@ from align.rl.losses import (
     shaped_rewards,
     value_loss,
 )
+from align.train.checkpoints import (
+    diverged,
+    files_problem,
+    newest_valid_checkpoint,
+    publish_checkpoint,
+    write_failure,
+)
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
 Message = dict[str, str]
 # A reward in code instead of a model: (prompt conversations, answer texts) -> one score per answer.
 RewardFn = Callable[[list[list[Message]], list[str]], Sequence[float]]
@@ -91,6 +96,11 @@ class PolicyAndValue(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
         ).last_hidden_state[:, start:-1]
         return self.value_model.score(hidden).squeeze(-1)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a ``step-N`` checkpoint cannot be resumed from (the shared checks, with PPO's files), or None."""
+    return files_problem(path, required=CHECKPOINT_FILES)
 
 
 def response_mask(responses: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
@@ -381,11 +391,9 @@ class PPO:
         pg_loss, pg = policy_loss(logprobs, mb["logprobs"], mb["advantages"], mask, cfg.cliprange)
         vf_loss, vf_clipfrac = value_loss(values.float(), mb["values"], mb["returns"], mask, cfg.cliprange_value)
         loss = pg_loss + cfg.vf_coef * vf_loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"PPO step {step + 1}: the loss is {loss.item()} (policy {pg_loss.item()}, value "
-                f"{vf_loss.item()}); stopping. The last good checkpoint is kept in {self.checkpoint_dir}"
-            )
+        if not torch.isfinite(loss):  # before any update with it: the newest checkpoint stays the last good one
+            detail = f"policy loss {pg_loss.item()}, value loss {vf_loss.item()}"
+            raise diverged(self.output_dir, step + 1, detail, problem=checkpoint_problem)
         stats = {}
         if entropy:  # of the rollout policy: the first epoch sees it before any update
             with torch.no_grad():
@@ -484,50 +492,48 @@ class PPO:
         if self.accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            save_model(self.accelerator.unwrap_model(self.module), str(tmp / "model.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-            state = {
-                "step": self.step,
-                "kl_coef": self.kl_ctl.value,
-                "reward_norm": self.reward_norm,
-                "history": self.history,
-            }
-            (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
-            if final.exists():  # an unusable checkpoint of the same step, from the attempt that died
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            fault_point(stage_of(self.output_dir))  # tests can SIGKILL here (ALIGN_FAULT_AFTER=ppo:<n>)
-            older = sorted(p for p in self.checkpoint_dir.glob("step-*") if p != final)
-            for old in older[: max(0, len(older) - KEEP_CHECKPOINTS + 1)]:
-                shutil.rmtree(old, ignore_errors=True)
+            try:
+                save_model(self.accelerator.unwrap_model(self.module), str(tmp / "model.safetensors"))
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+                torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+                state = {
+                    "step": self.step,
+                    "kl_coef": self.kl_ctl.value,
+                    "reward_norm": self.reward_norm,
+                    "history": self.history,
+                }
+                (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+            except Exception as err:  # a full disk or read-only filesystem: name the file, not a traceback
+                if (failure := write_failure(err, tmp)) is not None:
+                    raise failure from err
+                raise
+            # tests can SIGKILL right after the rename (ALIGN_FAULT_AFTER=ppo:<n>)
+            publish_checkpoint(tmp, final, keep=KEEP_CHECKPOINTS)
         self.accelerator.wait_for_everyone()
         return final
 
     def _resume(self) -> None:
-        """Load the newest checkpoint that loads completely; skip (with a warning) any that does not."""
+        """Load the newest complete checkpoint; broken ones are skipped with a warning (and deleted)."""
         from safetensors.torch import load_model
 
         if self.accelerator.is_main_process:  # saves that never finished
             for stale in self.checkpoint_dir.glob(".tmp-step-*"):
                 shutil.rmtree(stale, ignore_errors=True)
-        for path in sorted(self.checkpoint_dir.glob("step-*"), reverse=True):
-            try:
-                state = json.loads((path / "state.json").read_text())
-                load_model(self.module, str(path / "model.safetensors"), strict=True)
-                self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-                self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-                torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
-            except Exception as e:  # any unreadable part makes the checkpoint unusable
-                warnings.warn(f"PPO: skipping unusable checkpoint {path}: {type(e).__name__}: {e}", stacklevel=2)
-                continue
-            self.step = int(state["step"])
-            self.kl_ctl.value = float(state["kl_coef"])
-            self.reward_norm = tuple(state["reward_norm"]) if state["reward_norm"] else None
-            self.history = list(state["history"])
-            print(f"[align] ppo: resumed from {path} (step {self.step} of {self.cfg.steps})", flush=True)
+        main = self.accelerator.is_main_process  # only one process deletes broken checkpoints
+        path = newest_valid_checkpoint(self.output_dir, problem=checkpoint_problem, delete_invalid=main)
+        if path is None:
             return
+        state = json.loads((path / "state.json").read_text())
+        load_model(self.module, str(path / "model.safetensors"), strict=True)
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
+        self.step = int(state["step"])
+        self.kl_ctl.value = float(state["kl_coef"])
+        self.reward_norm = tuple(state["reward_norm"]) if state["reward_norm"] else None
+        self.history = list(state["history"])
+        print(f"[align] ppo: resumed from {path} (step {self.step} of {self.cfg.steps})", flush=True)
 
     def save_final(self) -> None:
         """A plain model directory (LoRA merged) that later stages load with ``from_pretrained``."""

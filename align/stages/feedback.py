@@ -74,9 +74,10 @@ def critique_revise(
     )
     for key in red_limits:
         counts[key] = red_limits[key] + helpful_limits.get(key, 0)
-    print(
-        f"[align] critique_revise: reused {counts['reused']} samples, regenerated {counts['regenerated']}", flush=True
-    )
+    earlier = counts.get("regenerated_earlier", 0)  # in shards an interrupted attempt had finished
+    note = f" ({earlier} of them by an earlier attempt)" if earlier else ""
+    reused, regenerated = counts["reused"], counts["regenerated"]
+    print(f"[align] critique_revise: reused {reused} samples, regenerated {regenerated}{note}", flush=True)
     pairs = preference_view(records)
     if ctx.is_main_process:
         write_jsonl_atomic(out / "samples.jsonl", records)

@@ -5,29 +5,47 @@ optimiser, scheduler, RNG states, and ``trainer_state.json``, which holds the da
 :func:`train_resumable` restarts from the newest *valid* one. The Trainer writes a checkpoint file by file,
 so a kill mid-save leaves a partial directory; :func:`checkpoint_problem` detects that (a completion marker
 written after the save, plus cheap structural checks of every file), and such a checkpoint is skipped with a
-warning and deleted, never loaded. The pipeline keeps ``checkpoints/`` of a dead stage for its next attempt.
+warning and deleted, never loaded (:mod:`align.train.checkpoints`, shared with PPO). The pipeline keeps
+``checkpoints/`` of a dead stage for its next attempt. A resumed run trains on the same batches in the same
+order as an uninterrupted one, in every epoch: the samplers that shuffle by themselves are seeded per epoch
+(:class:`EpochSeededData`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from trl.trainer.utils import RepeatSampler
 
+from align import console
 from align.config import LoraSettings, TrainSettings
 from align.faults import fault_point, stage_of
-from align.integrity import safetensors_problem, torch_file_problem
-from align.train.errors import TrainingDiverged
+from align.files import write_text_atomic
+from align.train import checkpoints
+from align.train.checkpoints import CHECKPOINTS, COMPLETE, trainer_checkpoint_problem
 
-CHECKPOINTS = "checkpoints"
-COMPLETE = ".align_complete"  # written into checkpoint-N once the Trainer has finished saving it
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+__all__ = [
+    "CHECKPOINTS",
+    "COMPLETE",
+    "CrashSafety",
+    "EpochSeededData",
+    "checkpoint_problem",
+    "finish_tracking",
+    "newest_valid_checkpoint",
+    "peft_config",
+    "save_merged",
+    "train_resumable",
+    "trainer_kwargs",
+]
+
+# what a failed write of the final model leaves: the stage unpublished, its checkpoints kept for the re-run
+UNPUBLISHED = "the stage is not published; make room and run the same command again (it resumes)"
 
 
 def trainer_kwargs(cfg: TrainSettings, output_dir: str, seed: int, report_to: str, run_name: str) -> dict[str, Any]:
@@ -124,20 +142,27 @@ def save_merged(trainer, tokenizer, output_dir: str) -> None:
     from accelerate.utils import DistributedType
 
     accelerator = trainer.accelerator
-    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        trainer.save_model(output_dir)
-        if accelerator.is_main_process and (Path(output_dir) / "adapter_config.json").exists():
-            _merge_adapter_dir(output_dir)
-    else:
-        unwrapped = accelerator.unwrap_model(trainer.model)
-        if hasattr(unwrapped, "merge_and_unload"):
-            unwrapped = unwrapped.merge_and_unload()
+    try:
+        if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            trainer.save_model(output_dir)
+            if accelerator.is_main_process and (Path(output_dir) / "adapter_config.json").exists():
+                _merge_adapter_dir(output_dir)
+        else:
+            unwrapped = accelerator.unwrap_model(trainer.model)
+            if hasattr(unwrapped, "merge_and_unload"):
+                unwrapped = unwrapped.merge_and_unload()
+            if accelerator.is_main_process:
+                unwrapped.save_pretrained(output_dir, safe_serialization=True)
         if accelerator.is_main_process:
-            unwrapped.save_pretrained(output_dir, safe_serialization=True)
+            tokenizer.save_pretrained(output_dir)
+    except Exception as err:  # a full disk or read-only filesystem: name the file, not a traceback
+        failure = checkpoints.write_failure(err, output_dir, UNPUBLISHED)
+        if failure is not None:
+            raise failure from err
+        raise
     if accelerator.is_main_process:
-        tokenizer.save_pretrained(output_dir)
         history = json.dumps(trainer.state.log_history, indent=1, default=float)
-        (Path(output_dir) / "log_history.json").write_text(history + "\n")
+        write_text_atomic(Path(output_dir) / "log_history.json", history + "\n")
     accelerator.wait_for_everyone()
 
 
@@ -166,67 +191,73 @@ def finish_tracking(report_to: str) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Crash-safe training
 
-
-def checkpoint_problem(path: str | Path) -> str | None:
-    """Why ``checkpoint-N`` cannot be resumed from, or None if it is complete.
-
-    Cheap enough to run on every start (no tensor is loaded): the completion marker, ``trainer_state.json``
-    at step N, and every weight, optimiser, scheduler and RNG file structurally whole.
-    """
-    path = Path(path)
-    match = _CHECKPOINT.match(path.name)
-    if not path.is_dir() or match is None:
-        return "not a checkpoint-N directory"
-    if not (path / COMPLETE).exists():
-        return "no completion marker (the save was interrupted)"
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-    except (OSError, ValueError) as err:
-        return f"trainer_state.json unreadable ({err})"
-    if state.get("global_step") != int(match.group(1)):
-        return f"trainer_state.json is at step {state.get('global_step')}, not {match.group(1)}"
-    # Plain and DDP checkpoints hold safetensors weights and torch-saved optimiser/scheduler/RNG files; FSDP and
-    # DeepSpeed write sharded directories instead (pytorch_model_fsdp_*, optimizer_*, global_step*), whose
-    # completeness rests on the marker.
-    sharded = [p for p in path.iterdir() if p.is_dir() and p.name.startswith(("pytorch_model_fsdp", "global_step"))]
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights and not sharded:
-        return "no model weights (*.safetensors or a sharded state)"
-    if not sharded:
-        for required in ("optimizer.pt", "scheduler.pt"):
-            if not (path / required).exists():
-                return f"{required} missing"
-        if not list(path.glob("rng_state*.pth")):
-            return "no RNG state (rng_state*.pth)"
-    for file in weights:
-        if problem := safetensors_problem(file):
-            return problem
-    for file in sorted([*path.glob("*.pt"), *path.glob("rng_state*.pth")]):
-        if problem := torch_file_problem(file):
-            return problem
-    return None
+checkpoint_problem = trainer_checkpoint_problem  # the Trainer's checkpoints: align.train.checkpoints
 
 
 def newest_valid_checkpoint(output_dir: str | Path, *, delete_invalid: bool = True) -> Path | None:
-    """The newest resumable checkpoint under ``<output_dir>/checkpoints``; invalid ones are warned about.
+    """The newest resumable Trainer checkpoint under ``<output_dir>/checkpoints`` (:mod:`align.train.checkpoints`)."""
+    return checkpoints.newest_valid_checkpoint(output_dir, problem=checkpoint_problem, delete_invalid=delete_invalid)
 
-    Invalid checkpoints newer than the chosen one are deleted (``delete_invalid``), so that the Trainer does
-    not later save into, or rotate by, a half-written directory.
+
+# torch.multinomial's error when a policy whose weights blew up is sampled from
+NON_FINITE_SAMPLING = "probability tensor contains either `inf`, `nan` or element < 0"
+
+
+class EpochSeededSampler:
+    """Makes a sampler draw epoch e's order from a generator seeded with ``seed + e``, nothing else.
+
+    Why: transformers' length-grouped sampler shuffles with the global RNG when its iterator starts, and TRL's
+    RepeatSampler (GRPO, RLOO) with one generator that carries on from epoch to epoch. An uninterrupted run draws
+    epoch 2's order from whatever state epoch 1 left; a run resumed in epoch 2 starts a fresh sampler and draws
+    another order, so it trains on other batches and ends with other weights. The Trainer tells the sampler its
+    epoch (``set_epoch``), including after a resume, so a seed per epoch gives both runs the same order, as
+    accelerate's seedable random sampler does for plain shuffling.
     """
-    root = Path(output_dir) / CHECKPOINTS
-    found = sorted(
-        (int(m.group(1)), p) for p in root.glob("checkpoint-*") if (m := _CHECKPOINT.match(p.name)) and p.is_dir()
-    )
-    for _, path in reversed(found):
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path
-        warnings.warn(f"{path}: skipping corrupt or partial checkpoint: {problem}", stacklevel=2)
-        if delete_invalid:
-            import shutil
 
-            shutil.rmtree(path, ignore_errors=True)
-    return None
+    seed: int
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
+class _SeededLengthGrouped(EpochSeededSampler, LengthGroupedSampler):
+    pass
+
+
+class _SeededRepeat(EpochSeededSampler, RepeatSampler):
+    pass
+
+
+class EpochSeededData:
+    """Trainer mixin: the training sampler's order depends on the seed and the epoch only (:class:`EpochSeededSampler`),
+    so a run resumed in any epoch sees the batches an uninterrupted run sees."""
+
+    def _get_train_sampler(self, *args, **kwargs):
+        sampler = super()._get_train_sampler(*args, **kwargs)
+        seeded = {LengthGroupedSampler: _SeededLengthGrouped, RepeatSampler: _SeededRepeat}.get(type(sampler))
+        if seeded is None:  # plain shuffling: accelerate's seedable sampler already seeds per epoch
+            return sampler
+        out = seeded.__new__(seeded)
+        out.__dict__.update(vars(sampler))
+        out.seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return out
+
+
+class LogToFile(TrainerCallback):
+    """The Trainer's log lines (loss, learning rate, ...), into the run's log file instead of the console."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            console.log(f"[align] {self.stage} step {state.global_step}: {json.dumps(logs, default=str)}")
+        return control
 
 
 class CrashSafety(TrainerCallback):
@@ -234,22 +265,26 @@ class CrashSafety(TrainerCallback):
 
     A NaN or infinite loss makes the gradients non-finite; they are checked before the optimiser step, so
     the weights never take a non-finite update and no poisoned checkpoint is written: the newest checkpoint
-    stays the last good one, and the error names the step.
+    stays the last good one, and the error names the step. ``saving`` is the checkpoint being written, so
+    that a failed write can be reported with its file.
     """
 
     def __init__(self, output_dir: str | Path) -> None:
         self.output_dir = Path(output_dir)
         self.stage = stage_of(output_dir)
+        self.saving: Path | None = None
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
         if grads and not math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
-            last = newest_valid_checkpoint(self.output_dir, delete_invalid=False)
-            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
-            raise TrainingDiverged(
-                f"{self.stage}: loss is NaN or infinite at step {state.global_step + 1} (non-finite gradients); "
-                f"training stopped, {kept}. Lower the learning rate or check the data."
+            raise checkpoints.diverged(
+                self.output_dir, state.global_step + 1, "non-finite gradients", problem=checkpoint_problem
             )
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:  # the Trainer saves right after the step-end callbacks
+            self.saving = self.output_dir / CHECKPOINTS / f"checkpoint-{state.global_step}"
         return control
 
     def on_save(self, args, state, control, **kwargs):
@@ -259,8 +294,9 @@ class CrashSafety(TrainerCallback):
         ps = PartialState()
         ps.wait_for_everyone()  # every rank has written its RNG state
         if ps.is_main_process and checkpoint.is_dir():
-            (checkpoint / COMPLETE).write_text(f"{state.global_step}\n")
+            checkpoints.mark_complete(checkpoint, state.global_step)
         ps.wait_for_everyone()
+        self.saving = None
         fault_point(self.stage)
         return control
 
@@ -270,7 +306,9 @@ def train_resumable(trainer, output_dir: str | Path) -> tuple[Any, dict[str, flo
 
     The metrics are ``train_loss`` and ``steps``. ``TrainOutput.training_loss`` averages only the steps of
     this process's session, so after a resume ``train_loss`` is the step-weighted mean of the logged losses
-    (which the checkpoint carries) instead, and ``resumed_from_step`` says where training picked up.
+    (which the checkpoint carries) instead, and ``resumed_from_step`` says where training picked up. A loss
+    that ends non-finite raises :class:`TrainingDiverged`; a checkpoint that cannot be written (disk full,
+    read-only) raises :class:`~align.files.WriteError` naming the file.
     """
     from accelerate import PartialState
 
@@ -286,15 +324,32 @@ def train_resumable(trainer, output_dir: str | Path) -> tuple[Any, dict[str, flo
         checkpoint = Path(box[0]) if box[0] else None
     if checkpoint is not None:
         print(f"[align] {stage_of(output_dir)}: resuming training from {checkpoint}", flush=True)
-    trainer.add_callback(CrashSafety(output_dir))
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    safety = CrashSafety(output_dir)
+    trainer.add_callback(safety)
+    if console.quiet():  # the per-step log lines and the bar go to the log file only; the stage lines stay
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(LogToFile(stage_of(output_dir)))
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except Exception as err:
+        if safety.saving is not None and (failure := checkpoints.write_failure(err, safety.saving)) is not None:
+            raise failure from err
+        if NON_FINITE_SAMPLING in str(err):  # GRPO/RLOO sample from the policy: NaN logits fail there first
+            step = trainer.state.global_step + 1
+            raise checkpoints.diverged(output_dir, step, "non-finite outputs", problem=checkpoint_problem) from err
+        raise
     metrics = {"train_loss": float(result.training_loss), "steps": float(result.global_step)}
     if checkpoint is not None:
-        start = int(_CHECKPOINT.match(checkpoint.name).group(1))
+        start = checkpoints.checkpoint_step(checkpoint)
         metrics["resumed_from_step"] = float(start)
         metrics["train_loss"] = resumed_mean_loss(
             trainer.state.log_history, start, result.global_step, float(result.training_loss)
         )
+    if not math.isfinite(metrics["train_loss"]):
+        raise checkpoints.diverged(output_dir, result.global_step, "the mean training loss", problem=checkpoint_problem)
     return result, metrics
 
 

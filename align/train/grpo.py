@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,8 +22,23 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from trl.data_utils import is_conversational
 
 from align.config import GRPOStageConfig, OnlineRLSettings, RLOOStageConfig
-from align.train.common import finish_tracking, peft_config, save_merged, trainer_kwargs
+from align.train.common import (
+    EpochSeededData,
+    finish_tracking,
+    peft_config,
+    save_merged,
+    train_resumable,
+    trainer_kwargs,
+)
 from align.train.reward import load_reward_model
+
+
+class SeededGRPOTrainer(EpochSeededData, GRPOTrainer):
+    """TRL's GRPOTrainer whose prompt order depends on the seed and epoch only, so resuming is exact."""
+
+
+class SeededRLOOTrainer(EpochSeededData, RLOOTrainer):
+    """TRL's RLOOTrainer whose prompt order depends on the seed and epoch only, so resuming is exact."""
 
 
 def load_reward_function(
@@ -138,11 +152,11 @@ def build_trainer(
     if kind == "grpo":
         assert isinstance(cfg, GRPOStageConfig)
         args = GRPOConfig(**common, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards)
-        trainer_cls, module = GRPOTrainer, trl.trainer.grpo_trainer
+        trainer_cls, module = SeededGRPOTrainer, trl.trainer.grpo_trainer
     else:
         assert isinstance(cfg, RLOOStageConfig)
         args = RLOOConfig(**common, normalize_advantages=cfg.normalize_advantages)
-        trainer_cls, module = RLOOTrainer, trl.trainer.rloo_trainer
+        trainer_cls, module = SeededRLOOTrainer, trl.trainer.rloo_trainer
     with _reference_is_copy_of(module, model):
         trainer = trainer_cls(
             model=model,
@@ -157,22 +171,17 @@ def build_trainer(
 
 
 def run_online(trainer: GRPOTrainer | RLOOTrainer, tokenizer, output_dir: str, dropped: int, report_to: str) -> dict:
-    """Train, save the merged policy and ``log_history.json``, and summarise the reward curve.
+    """Train (resuming from the newest valid checkpoint in ``output_dir``), save the merged policy and
+    ``log_history.json``, and summarise the reward curve.
 
     ``reward_first``/``reward_last`` are the mean reward-model scores of the first and last logged steps: the
-    stage's reward gain, without a separate evaluation pass.
+    stage's reward gain, without a separate evaluation pass. A non-finite loss raises TrainingDiverged.
     """
-    result = trainer.train()
-    if not math.isfinite(result.training_loss):
-        raise FloatingPointError(f"{type(trainer).__name__} training loss is {result.training_loss}")
+    _, trained = train_resumable(trainer, output_dir)
     rewards = [h["reward"] for h in trainer.state.log_history if h.get("reward") is not None]
     save_merged(trainer, tokenizer, output_dir)
     finish_tracking(report_to)
-    metrics: dict[str, float] = {
-        "train_loss": float(result.training_loss),
-        "steps": float(result.global_step),
-        "prompts_too_long": float(dropped),
-    }
+    metrics: dict[str, float] = {**trained, "prompts_too_long": float(dropped)}
     if rewards:
         metrics.update(reward_first=float(rewards[0]), reward_last=float(rewards[-1]))
     return metrics

@@ -185,7 +185,7 @@ def train_reward(
             **trainer_kwargs(cfg, output_dir, seed, report_to, run_name),
             "center_rewards_coefficient": cfg.center_rewards_coefficient,
             # Trainer's default swaps NaN step losses for the running mean (0.0 at the start), which hides
-            # divergence from training_loss; off, one NaN step makes training_loss NaN and the check below fails.
+            # divergence from training_loss; off, one NaN step makes training_loss NaN and train_resumable stops.
             "logging_nan_inf_filter": False,
         }
     )
@@ -201,12 +201,8 @@ def train_reward(
     kept = len(trainer.train_dataset)
     if kept == 0:
         raise ValueError(f"every reward train pair is longer than max_length={cfg.max_length} tokens")
-    _, trained = train_resumable(trainer, output_dir)  # from the newest valid checkpoint, if an attempt died
-    if not math.isfinite(trained["train_loss"]):
-        raise FloatingPointError(
-            f"reward training loss is {trained['train_loss']}: it diverged (lower learning_rate?) "
-            "or the model gives NaN"
-        )
+    # from the newest valid checkpoint, if an attempt died; a non-finite loss raises TrainingDiverged
+    _, trained = train_resumable(trainer, output_dir)
     metrics: dict[str, Any] = {
         **trained,
         "train_pairs": float(kept),

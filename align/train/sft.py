@@ -10,7 +10,18 @@ from trl import SFTConfig, SFTTrainer
 
 from align.chat import fit
 from align.config import SFTStageConfig
-from align.train.common import finish_tracking, peft_config, save_merged, train_resumable, trainer_kwargs
+from align.train.common import (
+    EpochSeededData,
+    finish_tracking,
+    peft_config,
+    save_merged,
+    train_resumable,
+    trainer_kwargs,
+)
+
+
+class SeededSFTTrainer(EpochSeededData, SFTTrainer):
+    """TRL's SFTTrainer whose length-grouped batches depend on the seed and epoch only, so resuming is exact."""
 
 
 def train_sft(
@@ -40,7 +51,7 @@ def train_sft(
         # Batches of similar length pad less: about 2x faster on the tiny world's mixed-length corpus.
         train_sampling_strategy="group_by_length",
     )
-    trainer = SFTTrainer(
+    trainer = SeededSFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,

@@ -11,7 +11,7 @@ import sys
 import torch
 
 from align.config import BackendSettings, SamplingSettings
-from align.distributed import process_state
+from align.distributed import end_processes, process_state
 from align.generation import build_backend, generate_sharded
 
 
@@ -53,7 +53,7 @@ def main(model_dir: str, out: str, n: int) -> None:
         }
         with open(out, "w") as f:
             json.dump(result, f)
-    state.wait_for_everyone()
+    end_processes()  # wait for each other, then leave the process group before exiting
 
 
 if __name__ == "__main__":
