@@ -36,8 +36,34 @@ def quiet() -> bool:
     return _state["started"] and not _state["verbose"]
 
 
+class _LogSink:
+    """The log file, or until the run directory is known (the run's inputs are checked first, and a run
+    that fails those checks writes nothing) the lines held in memory, written out when the file opens."""
+
+    def __init__(self) -> None:
+        self.held: list[str] = []
+        self.file: TextIO | None = None
+
+    def write(self, text: str) -> int:
+        if self.file is None:
+            self.held.append(text)
+        else:
+            self.file.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def open(self, path: Path) -> None:
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the life of the process
+        self.file.write("".join(self.held))
+        self.file.flush()
+        self.held = []
+
+
 def log_file() -> TextIO | None:
-    """The open log file of this process, if :func:`start` opened one."""
+    """Where this process's log goes (the file, or the lines held until it opens), once :func:`start` ran."""
     return _state["log"]
 
 
@@ -112,29 +138,41 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         log(text)
 
 
-def start(run_dir: str | os.PathLike, *, verbose: bool = False, rank: int = 0) -> Path | None:
+def start(run_dir: str | os.PathLike | None, *, verbose: bool = False, rank: int = 0) -> Path | None:
     """Open ``<run_dir>/logs/<time>-<pid>[-rank<k>].log``, send every stream and library log there, quiet the
     console.
 
     Processes other than the first show only their errors and warnings (their lines are in their own logs).
-    Returns the log's path, or None where it cannot be written (a read-only run directory: the run can still
-    show a finished result).
+    With ``run_dir`` None the log is held in memory until :func:`open_log` (nothing is written for a run whose
+    inputs fail their checks). Returns the log's path, or None where none is open.
     """
     quiet_environment(verbose)
-    _state.update(started=True, verbose=verbose)
-    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # two runs started in one second: two files
-    path = Path(run_dir) / LOGS / (f"{stamp}.log" if rank == 0 else f"{stamp}-rank{rank}.log")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _state["log"] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the life of the process
-    except OSError as err:
-        print(f"[align] no log file: {path.parent}: {err.strerror}", file=sys.stderr, flush=True)
-        path = None
+    _state.update(started=True, verbose=verbose, rank=rank)
+    if _state["log"] is None:
+        _state["log"] = _LogSink()
+    path = open_log(run_dir) if run_dir is not None else None
     if not isinstance(sys.stdout, _Tee):
         sys.stdout = _Tee(sys.stdout, show=verbose or rank == 0)
         sys.stderr = _Tee(sys.stderr, show=True)
     warnings.showwarning = _show_warning
     _route_library_logs(verbose)
+    return path
+
+
+def open_log(run_dir: str | os.PathLike) -> Path | None:
+    """Open this process's log file in ``<run_dir>/logs/`` with what was held so far. Returns its path, or
+    None where it cannot be written (a read-only run directory: the run can still show a finished result)."""
+    sink = _state["log"]
+    rank = _state.get("rank", 0)
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # two runs started in one second: two files
+    path = Path(run_dir) / LOGS / (f"{stamp}.log" if rank == 0 else f"{stamp}-rank{rank}.log")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sink.open(path)
+    except OSError as err:
+        print(f"[align] no log file: {path.parent}: {err.strerror}", file=sys.stderr, flush=True)
+        sink.held, sink.file = [], open(os.devnull, "w")  # noqa: SIM115 - nothing to keep, nothing to hold
+        return None
     return path
 
 

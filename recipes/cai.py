@@ -62,9 +62,11 @@ def main(argv: list[str] | None = None) -> dict:
     from align import console
     from align.distributed import process_state
 
-    console.start(root, verbose=args.verbose, rank=process_state().process_index)  # the full log: root/logs/
+    console.start(None, verbose=args.verbose, rank=process_state().process_index)
     # Everything that can be checked before a stage runs is: models, chat templates, every prompt source.
+    # A run that fails a check writes nothing; the full log of one that passes is in root/logs/.
     ctx = stages.prepare(cfg)
+    console.open_log(root)
     constitution = ctx.constitution
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)

@@ -217,7 +217,8 @@ def check_quiet_console(result: subprocess.CompletedProcess, run_dir: Path) -> N
     generated = re.findall(
         r"^\[align\] (.+): generated \d+ samples in \S+s \([\d.]+ samples/s, \d+ tokens/s\)$", result.stdout, re.M
     )
-    assert generated == ["critique_revise", "preferences", "eval base", "eval sft_cai", "eval dpo"]
+    evals = [f"eval {model} {suite}" for model in ("base", "sft_cai", "dpo") for suite in ("harmful", "benign")]
+    assert generated == ["critique_revise", "preferences", *evals]
     assert "| dpo |" in result.stdout and f"Report: {run_dir / 'report.md'}" in result.stdout
     (log,) = (run_dir / "logs").glob("*.log")
     text = log.read_text()
@@ -358,7 +359,7 @@ def test_credentials_in_config_values_reach_no_file_and_settings_stay(tmp_path):
     }
     pasted = tmp_path / "pasted.yaml"
     pasted.write_text(yaml.safe_dump(config))
-    quick = ["--sft.max_steps=2", "--tiny.n_phrasings=2", "--until=critique_revise", "--report_to=wandb"]
+    quick = ["--sft.max_steps=2", "--world.n_phrasings=2", "--until=critique_revise", "--report_to=wandb"]
     result = run_recipe(tmp_path, *quick, config=pasted, wandb_mode="offline")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "runs" / "cai-smoke"
