@@ -2,7 +2,7 @@
 
 Real data needs no world: prompts come from files and hub datasets, and judges are generic. A world is for
 what real data cannot give, a setting whose facts are known, so alignment can be measured exactly: the tiny
-world (align/tiny/) trains its own model on a CPU and its reference judge knows the right answer to every
+world (the tiny package) trains its own model on a CPU and its reference judge knows the right answer to every
 request. Worlds are plug-ins, found by name through the ``align.worlds`` entry-point group (the tiny world is
 registered in pyproject.toml) or given as ``package.module:factory``; the chain never imports one directly.
 
