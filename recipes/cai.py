@@ -66,18 +66,19 @@ def main(argv: list[str] | None = None) -> dict:
     # Everything that can be checked before a stage runs is: models, chat templates, every prompt source.
     # A run that fails a check writes nothing; the full log of one that passes is in root/logs/.
     ctx = stages.prepare(cfg)
-    console.open_log(root)
     constitution = ctx.constitution
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    tracker = None
+    plan = ["sft", "critique_revise", "sft_cai", "preferences", *(["reward"] if cfg.reward else []), cfg.optimizer]
+    run = Run(root, force=set(args.force), order=STAGES, until=args.until, plan=[*plan, "eval"])  # locks root
+    console.open_log(root)
     if cfg.report_to == "wandb":
         from align.tracking import WandbTracker
 
         setup_tracking(cfg, root)
-        tracker = WandbTracker(root, cfg.run_name, to_dict(cfg), constitution, upload_models=cfg.wandb_upload_models)
-    plan = ["sft", "critique_revise", "sft_cai", "preferences", *(["reward"] if cfg.reward else []), cfg.optimizer]
-    run = Run(root, force=set(args.force), order=STAGES, tracker=tracker, until=args.until, plan=[*plan, "eval"])
+        run.tracker = WandbTracker(
+            root, cfg.run_name, to_dict(cfg), constitution, upload_models=cfg.wandb_upload_models
+        )
     if run.state.is_main_process:  # what the run was aligned to, for reports and `align runs compare`
         write_json_atomic(run.root / "constitution.json", {**constitution.to_dict(), "identity": constitution.identity})
     print(f"[align] constitution {constitution.identity}; run dir {run.root}", flush=True)
