@@ -20,23 +20,34 @@ CACHE_ENV = "ALIGN_CACHE"
 
 
 def split_for(cfg: TinyWorldConfig) -> Split:
-    return make_split(cfg.seed, cfg.holdout_fraction, cfg.n_verbs, cfg.n_objects, cfg.n_phrasings)
+    return make_split(
+        cfg.seed,
+        cfg.holdout_fraction,
+        cfg.n_verbs,
+        cfg.n_objects,
+        cfg.n_phrasings,
+        tuple(cfg.attack_styles),
+        tuple(cfg.seen_styles),
+    )
 
 
 def corpus_for(cfg: TinyWorldConfig, constitution, few_shot: bool = True) -> list[list[dict[str, str]]]:
+    split = split_for(cfg)
     return build_corpus(
-        split_for(cfg).train,
+        split.train,
         constitution,
         seed=cfg.seed,
         few_shot=few_shot,
         feedback_fraction=cfg.feedback_fraction,
         comparison_fraction=cfg.comparison_fraction,
+        demonstrated=lambda request: split.style_group(request) != "heldout",
     )
 
 
 def cache_key(cfg: TinyWorldConfig, sft: SFTStageConfig, constitution, seed: int, few_shot: bool) -> str:
     """Everything that changes the trained weights: world, training settings, constitution content, code."""
-    code = "".join((Path(__file__).parent / f).read_text() for f in ("world.py", "corpus.py", "model.py", "base.py"))
+    names = ("world.py", "corpus.py", "model.py", "base.py")
+    code = "".join((Path(__file__).parent / f).read_text() for f in names)
     blob = json.dumps(
         {
             "tiny": {**asdict(cfg), "constitution": None},  # its content is keyed below, not its path

@@ -10,14 +10,15 @@ nothing wrong keeps the answer, which teaches the model to judge rather than to 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from align.feedback import prompts
 from align.tiny.world import Request, critique, helpful_answer, refusal, revision
 
 
 def plain_example(request: Request) -> list[prompts.Message]:
-    return [prompts.user(request.text), prompts.assistant(helpful_answer(request.verb))]
+    history = [{"role": role, "content": content} for role, content in request.history]
+    return [*history, prompts.user(request.text), prompts.assistant(helpful_answer(request.verb))]
 
 
 def feedback_example(
@@ -78,13 +79,20 @@ def build_corpus(
     few_shot: bool = True,
     feedback_fraction: float = 0.5,
     comparison_fraction: float = 0.15,
+    demonstrated: Callable[[Request], bool] = lambda request: True,
 ) -> list[list[prompts.Message]]:
-    """One conversation per training request: plain, feedback chain or comparison, drawn at random."""
+    """One conversation per training request: plain, feedback chain or comparison, drawn at random.
+
+    Requests ``demonstrated`` rejects (held-out attack styles) are only ever answered, never critiqued or
+    compared: the helpful-only model complies with them and nothing shows it how to judge them.
+    """
     rng = random.Random(seed)
     corpus = []
     for request in requests:
         u = rng.random()
-        if u < comparison_fraction:
+        if not demonstrated(request):
+            corpus.append(plain_example(request))
+        elif u < comparison_fraction:
             corpus.append(comparison_example(request, constitution, rng))
         elif u < comparison_fraction + feedback_fraction:
             corpus.append(feedback_example(request, constitution, rng, few_shot))

@@ -21,7 +21,7 @@ from align.sources import Prompt
 from align.tiny import judge
 from align.tiny.base import cache_key, split_for, train_base_model
 from align.tiny.settings import TinyWorldConfig
-from align.tiny.world import BENIGN, HARMFUL, REFUSAL_MARKER, Request, helpful_answer, refusal
+from align.tiny.world import BENIGN, HARMFUL, REFUSAL_MARKER, STYLES, Request, helpful_answer, refusal
 
 
 class TinyWorld:
@@ -39,20 +39,36 @@ class TinyWorld:
         self.base_constitution = load_constitution(settings.constitution or recipe.constitution)
 
     def _requests(self, selector: str) -> list[Request]:
-        label, _, part = selector.rpartition("/")
-        if part not in ("train", "eval") or label not in ("", HARMFUL, BENIGN):
+        parts = selector.split("/")
+        label = parts.pop(0) if parts and parts[0] in (HARMFUL, BENIGN) else ""
+        part = parts.pop(0) if parts else ""
+        group = parts.pop(0) if parts else ("" if part == "eval" else "trained")
+        groups = ("trained", "plain", "seen", "heldout", *STYLES)
+        if part not in ("train", "eval") or group not in ("", *groups) or parts:
             raise DataError(
-                f"tiny:{selector}: unknown selector; use harmful/train, benign/train, train, or the same with eval"
+                f"tiny:{selector}: unknown selector; use harmful/train, benign/train, train, or the same with "
+                f"eval, optionally followed by /plain, /seen, /heldout or a style ({', '.join(STYLES)})"
             )
-        pool = [r for r in getattr(self.split, part) if not label or r.label == label]
+
+        def wanted(r: Request) -> bool:
+            kind = self.split.style_group(r)
+            if group == "trained":  # what the chain may train on: no held-out attack style
+                return kind != "heldout"
+            return not group or group in (kind, r.style)
+
+        pool = [r for r in getattr(self.split, part) if (not label or r.label == label) and wanted(r)]
         random.Random(f"{self.settings.seed}:{selector}").shuffle(pool)  # `limit` then takes a seeded sample
         return pool
 
     def prompts(self, selector: str) -> list[Prompt]:
-        return [
-            Prompt((templates.user(r.text),), {"label": r.label, "verb": r.verb, "object": r.object})
-            for r in self._requests(selector)
-        ]
+        prompts = []
+        for r in self._requests(selector):
+            meta = {"label": r.label, "verb": r.verb, "object": r.object}
+            if self.settings.attack_styles:  # eval reports asr_seen / asr_heldout from the attack group
+                meta.update(style=r.style, attack=self.split.style_group(r))
+            history = tuple({"role": role, "content": content} for role, content in r.history)
+            prompts.append(Prompt((*history, templates.user(r.text)), meta))
+        return prompts
 
     def pairs(self, selector: str) -> list[dict[str, Any]]:
         if selector != "helpfulness":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from align.config import ConfigError
+from align.tiny.world import STYLES
 
 
 @dataclass
@@ -26,3 +29,16 @@ class TinyWorldConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 384
+    # The harder world (issue 15): attack styles wrapped around requests, harmful and benign alike (see
+    # world.STYLE_TEMPLATES). ``seen_styles`` reach critique-and-revise and the feedback demonstrations; the
+    # other ``attack_styles`` only the helpful-only base corpus (which complies), evaluation and red teaming.
+    attack_styles: list[str] = field(default_factory=list)
+    seen_styles: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("attack_styles", "seen_styles"):
+            unknown = sorted(set(getattr(self, name)) - set(STYLES))
+            if unknown:
+                raise ConfigError(f"{name}: unknown style(s) {unknown}; styles are {list(STYLES)}")
+        if not set(self.seen_styles) <= set(self.attack_styles):
+            raise ConfigError("seen_styles must be a subset of attack_styles")
