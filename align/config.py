@@ -624,12 +624,6 @@ class PreferencesConfig:
         lo, hi = self.cot_clamp
         if not 0 <= lo <= 0.5 <= hi <= 1:
             raise ConfigError("cot_clamp must be (low, high) with 0 <= low <= 0.5 <= high <= 1")
-        if self.backend.kind == "openai" and self.mode == "ai_feedback":
-            raise ConfigError(
-                "backend.kind openai: RL-CAI labelling reads the feedback model's next-token probabilities of "
-                "(A) and (B), which OpenAI-compatible servers do not reliably return (transformers serve returns "
-                "none); use backend.kind transformers or vllm for preferences"
-            )
 
 
 # --------------------------------------------------------------------------------------------------

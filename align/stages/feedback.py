@@ -149,9 +149,8 @@ def preferences(
 def _ai_labels(
     ctx: Context, helpful: tuple[Path, str], sl_cai: tuple[Path, str], out: Path
 ) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    from align.feedback.preferences import OptionScorer, ai_feedback_preferences_sharded
-    from align.generation import TransformersBackend, build_backend, generation_metrics
-    from align.models import load_causal_lm
+    from align.feedback.preferences import ai_feedback_preferences_sharded
+    from align.generation import build_backend, generation_metrics
 
     config = ctx.config
     section = config.preferences
@@ -171,12 +170,7 @@ def _ai_labels(
         if section.feedback_model
         else helpful_model
     )
-    # Scoring reads logits, so it needs the transformers model even when another engine generates.
-    if isinstance(feedback, TransformersBackend):
-        scored = (feedback.model, feedback.tokenizer)
-    else:
-        scored = load_causal_lm(section.feedback_model or str(helpful[0]), trust_remote_code=trust)
-    scorer = OptionScorer(*scored, section.batch_size, name=feedback.name)
+    scorer = _feedback_scorer(section, feedback, section.feedback_model or str(helpful[0]), trust)
     prompts, limits = limited(
         ctx.prompts("preferences.prompts"), feedback, section.prompt_limits, section.sampling, "preferences.prompts"
     )
@@ -196,3 +190,26 @@ def _ai_labels(
     metrics.update(generation_metrics([first, sl_cai_model, feedback]))
     metrics["mean_label"] = sum(r["label"] for r in rows) / max(len(rows), 1)
     return rows, labels, metrics
+
+
+def _feedback_scorer(section, feedback: Backend, source: str, trust: bool):
+    """What reads the feedback model's P(A): its in-process weights, or a server's log-probabilities.
+
+    ``source`` is the feedback model's directory or hub id (for a served model, its served name), whose
+    tokenizer renders the comparison and finds the option letters.
+    """
+    from align.feedback.preferences import OptionScorer, ServedOptionScorer
+    from align.generation import TransformersBackend
+    from align.generation.openai_backend import OpenAIBackend
+    from align.models import load_causal_lm, load_tokenizer
+
+    if isinstance(feedback, TransformersBackend):
+        return OptionScorer(feedback.model, feedback.tokenizer, section.batch_size, name=feedback.name)
+    if isinstance(feedback, OpenAIBackend):
+        tokenizer = load_tokenizer(source, trust_remote_code=trust, field="preferences.feedback_model")
+        scorer = ServedOptionScorer(feedback, tokenizer, name=feedback.name)
+        scorer.check()  # a server without log-probabilities fails here, before any response is sampled
+        return scorer
+    # Scoring reads logits, so it needs the transformers model even when another engine generates.
+    model, tokenizer = load_causal_lm(source, trust_remote_code=trust)
+    return OptionScorer(model, tokenizer, section.batch_size, name=feedback.name)
