@@ -537,6 +537,8 @@ class BackendSettings:
     max_retries: int = 5  # openai: retries on 429, 5xx, timeouts and dropped connections, with backoff
     dtype: str = "auto"  # transformers/vllm: "auto" = bfloat16 on GPU, the checkpoint's dtype on CPU
     gpu_memory_utilization: float = 0.85  # vllm: share of GPU memory for weights and KV cache
+    tensor_parallel_size: int = 1  # vllm: GPUs one model is split over (a 70B critic in bf16 needs 2+ x 80 GB)
+    max_model_len: int | None = None  # vllm: context length to reserve KV cache for; None = the model's own
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
@@ -547,6 +549,10 @@ class BackendSettings:
             raise ConfigError("max_retries must be >= 0")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError("gpu_memory_utilization must be in (0, 1]")
+        if self.tensor_parallel_size < 1:
+            raise ConfigError("tensor_parallel_size must be >= 1")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ConfigError("max_model_len must be a positive integer, or null for the model's own context length")
 
 
 @dataclass

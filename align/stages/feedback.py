@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from align.config import ConfigError, PromptLimits, SamplingSettings
 from align.data import DataError, read_jsonl, write_jsonl_atomic
@@ -210,6 +210,23 @@ def _feedback_scorer(section, feedback: Backend, source: str, trust: bool):
         scorer = ServedOptionScorer(feedback, tokenizer, name=feedback.name)
         scorer.check()  # a server without log-probabilities fails here, before any response is sampled
         return scorer
-    # Scoring reads logits, so it needs the transformers model even when another engine generates.
-    model, tokenizer = load_causal_lm(source, trust_remote_code=trust)
-    return OptionScorer(model, tokenizer, section.batch_size, name=feedback.name)
+    # vLLM generates: scoring reads logits, so a transformers copy is loaded too, on the GPU vLLM runs on.
+    import torch
+
+    from align.config import ModelLoading
+
+    cuda = torch.cuda.is_available()
+    device, dtype = scoring_copy_placement(cuda, cuda and torch.cuda.is_bf16_supported())
+    model, tokenizer = load_causal_lm(source, ModelLoading(torch_dtype=dtype), trust_remote_code=trust)
+    return OptionScorer(model.to(device), tokenizer, section.batch_size, name=feedback.name)
+
+
+def scoring_copy_placement(cuda: bool, bf16: bool) -> tuple[str, Literal["bfloat16", "float16", "float32"]]:
+    """(device, dtype) for the transformers copy that scores when vLLM generates.
+
+    On a GPU it is bf16 (fp16 where bf16 is missing), as the critic is served: a 70B critic in fp32 on CPU would
+    take 280 GB and hours. float32 on CPU only where there is no GPU (then vLLM itself cannot run either).
+    """
+    if not cuda:
+        return "cpu", "float32"
+    return "cuda", "bfloat16" if bf16 else "float16"
