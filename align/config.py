@@ -377,6 +377,16 @@ class RewardStageConfig(TrainSettings):
             raise ConfigError("eval_fraction must be in (0, 1)")
 
 
+def vllm_importable() -> bool:
+    """Whether ``import vllm`` would find the package (without importing it: that takes seconds and a GPU)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except (ValueError, ImportError):
+        return False
+
+
 @dataclass
 class OnlineRLSettings(TrainSettings):
     """What GRPO and RLOO share: both sample a group of completions per prompt and score each with the reward model.
@@ -397,9 +407,25 @@ class OnlineRLSettings(TrainSettings):
     epsilon: float = 0.2  # PPO clip range (Schulman et al. 2017), TRL default
     num_iterations: int = 1  # optimisation passes per generated batch (mu in Shao et al. 2024); 1 = on-policy
     mask_truncated_completions: bool = False  # DAPO (Yu et al. 2025) masks completions cut at the length limit
+    # Completions through vLLM instead of model.generate (TRL's settings of the same names; needs a GPU). colocate:
+    # vLLM shares the training GPUs, holding vllm_gpu_memory_utilization of each; server: a separate
+    # `trl vllm-serve --model M` process at vllm_server_base_url (None = TRL's default host and port).
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3  # TRL default: the rest stays for training
+    vllm_tensor_parallel_size: int = 1
+    vllm_server_base_url: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.use_vllm and not vllm_importable():
+            raise ConfigError("use_vllm: vllm is not installed here (pip install vllm; needs a GPU)")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ConfigError("vllm_gpu_memory_utilization must be in (0, 1]")
+        if self.vllm_tensor_parallel_size < 1:
+            raise ConfigError("vllm_tensor_parallel_size must be >= 1")
+        if self.vllm_server_base_url and self.vllm_mode != "server":
+            raise ConfigError("vllm_server_base_url is used only with vllm_mode: server")
         if self.num_generations < 2:
             raise ConfigError("num_generations must be >= 2: the baseline is computed from the other completions")
         if (self.per_device_train_batch_size * self.gradient_accumulation_steps) % self.num_generations:
