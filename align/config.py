@@ -643,6 +643,9 @@ class PreferencesConfig:
     chain_of_thought: bool = False  # reason first, then read the answer; probabilities clamped to [0.4, 0.6]
     cot_clamp: tuple[float, float] = (0.4, 0.6)
     batch_size: int = 64  # labelling batch size (one forward pass each, no generation)
+    # backend.kind openai: log-probabilities asked for per comparison; (A) and (B) must be among them unless the
+    # server's echo is exact (vLLM's is; llama-cpp-python's is not). vLLM serves at most --max-logprobs (20).
+    top_logprobs: int = 20
     sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
     backend: BackendSettings = dataclasses.field(default_factory=BackendSettings)
     prompt_limits: PromptLimits = dataclasses.field(default_factory=PromptLimits)
@@ -653,6 +656,8 @@ class PreferencesConfig:
             raise ConfigError("shard_size must be >= 1")
         if self.num_principles < 1:
             raise ConfigError("num_principles must be >= 1")
+        if self.top_logprobs < 2:
+            raise ConfigError("top_logprobs must be >= 2 (both option letters)")
         lo, hi = self.cot_clamp
         if not 0 <= lo <= 0.5 <= hi <= 1:
             raise ConfigError("cot_clamp must be (low, high) with 0 <= low <= 0.5 <= high <= 1")

@@ -93,7 +93,7 @@ def export_gguf(model: Any, tokenizer: Any, path: str | Path) -> Path:
         tokens[token_id] = text
     writer.add_tokenizer_model("gpt2")
     # the tiny tokenizer pre-splits text with GPT-2's regex (pre_tokenizers.ByteLevel's default)
-    writer.add_tokenizer_pre("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
     writer.add_token_types(_token_types(tokenizer))
     writer.add_token_merges(_merges(tokenizer))

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from helpers.tiny_lm import save_tiny_lm
 
-from align.config import BackendSettings
+from align.config import BackendSettings, ConfigError
 from align.constitution import load_constitution_data
-from align.feedback.preferences import OptionScorer, Pair, ServedOptionScorer, label_pairs
+from align.feedback.preferences import OptionScorer, Pair, ServedOptionScorer, comparison_conversation, label_pairs
 from align.generation.openai_backend import OpenAIBackend
 
 pytest.importorskip("gguf", reason="exporting GGUF needs the gguf package: pip install 'align[llamacpp]'")
@@ -91,31 +91,57 @@ def served(tmp_path_factory):
             proc.kill()
 
 
-@pytest.mark.parametrize("top_logprobs", [20, 1])  # 1: the letters are rarely the top token, so echo is used
-def test_labels_through_llamacpp_equal_in_process(served, top_logprobs):
-    model, tok, url = served
-    constitution = load_constitution_data(
+def constitution():
+    return load_constitution_data(
         {
             "name": "t",
-            "version": "1",
+            "version": "1.0.0",
             "principles": [
-                {"id": i, "critique": "c", "revision": "r", "comparison": q}
+                {"id": i, "critique": "Find a flaw.", "revision": "Fix it.", "comparison": q}
                 for i, q in (("harm", "Which response is more harmless?"), ("help", "Which response is better?"))
             ],
         }
     )
+
+
+def test_labels_through_llamacpp_equal_in_process(served):
+    model, tok, url = served
     backend = OpenAIBackend(BackendSettings(kind="openai", base_url=url, max_concurrency=1), "tiny")
-    remote = ServedOptionScorer(backend, tok, top_logprobs=top_logprobs)
+    # A random tiny model rarely ranks the letters in its top 20; llama.cpp serves any k, so ask for all of them.
+    remote = ServedOptionScorer(backend, tok, top_logprobs=len(tok))
     remote.check()
-    local = OptionScorer(model, tok)
+    texts = [
+        tok.apply_chat_template(
+            comparison_conversation(p.prompt, a, b, "Which response is better?"),
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for p in PAIRS
+        for a, b in ((p.response_1, p.response_2), (p.response_2, p.response_1))
+    ]
+    p_local, p_served = OptionScorer(model, tok).prob_a(texts), remote.prob_a(texts)
+    worst = max(abs(x - y) for x, y in zip(p_local, p_served))
+    print(f"\nllama.cpp vs in-process: max |dP(A)| over {len(texts)} comparisons: {worst:.2e}")
+    assert worst <= 1e-3
+    assert max(p_local) - min(p_local) > 0.01  # the comparisons differ, so agreement means something
     kw = dict(num_principles=2, seed=0)
-    expected, got = label_pairs(PAIRS, constitution, local, **kw), label_pairs(PAIRS, constitution, remote, **kw)
+    expected = label_pairs(PAIRS, constitution(), OptionScorer(model, tok), **kw)
+    got = label_pairs(PAIRS, constitution(), remote, **kw)
     deltas = [
         abs(e["per_principle"][p] - g["per_principle"][p]) for e, g in zip(expected, got) for p in e["per_principle"]
     ]
-    print(f"max |dP(A)| over {len(deltas)} labels: {max(deltas):.2e}; echo fallbacks: {remote.echo_fallbacks}")
+    print(f"llama.cpp vs in-process: max |dP| over {len(deltas)} swap-averaged labels: {max(deltas):.2e}")
     assert max(deltas) <= 1e-3
+    assert remote.echo_fallbacks == 0
     assert len({round(e["p_first_better"], 3) for e in expected}) > 1  # labels differ: agreement means something
-    if top_logprobs == 1:
-        assert remote.echo_fallbacks > 0
-    assert any(abs(g["p_first_better"] - 0.5) > 1e-3 for g in got)  # not the 0.5 a prompt-blind server would give
+
+
+def test_llamacpp_echo_is_not_trusted_and_a_small_top_k_says_what_to_raise(served):
+    _, tok, url = served
+    backend = OpenAIBackend(BackendSettings(kind="openai", base_url=url, max_concurrency=1), "tiny")
+    remote = ServedOptionScorer(backend, tok, top_logprobs=2)
+    remote.check()
+    # llama-cpp-python 0.3.36 reports each echoed token's log-probability from the next position's distribution
+    assert remote.echo_ok is False
+    with pytest.raises(ConfigError, match="raise preferences.top_logprobs"):
+        label_pairs(PAIRS, constitution(), remote, num_principles=1, seed=0)

@@ -116,7 +116,7 @@ def served(server: LogprobServer, tok, **kw) -> ServedOptionScorer:
 
 
 @pytest.mark.parametrize(
-    ("shape", "k", "echo"), [("completions", 300, False), ("chat", 300, False), ("completions", 1, True)]
+    ("shape", "k", "echo"), [("completions", 300, False), ("chat", 300, False), ("completions", 2, True)]
 )
 def test_served_labels_equal_in_process(critic, shape, k, echo):
     model, tok, texts, expected = critic
@@ -130,7 +130,8 @@ def test_served_labels_equal_in_process(critic, shape, k, echo):
     assert got == pytest.approx(expected, abs=1e-5)
     assert len(set(round(p, 4) for p in got)) > 1  # the prompts differ, so do their labels
     assert scorer.echo_fallbacks == (len(texts) if echo else 0)
-    asks = server.requests[1:]  # after the probe; requests are concurrent, so only the first pass comes first
+    assert scorer.echo_ok is (shape == "completions")  # the chat shape has no echo
+    asks = server.requests[2:]  # after the two probes; requests are concurrent, so only the first pass comes first
     assert all(r["max_tokens"] == 1 and r["model"] == "critic" for r in asks)
     assert all(r["prompt"].endswith("assistant\n(") for r in asks[: len(texts)])
     if echo:  # two more requests per prompt, each ending in its letter
@@ -150,3 +151,18 @@ def test_a_server_without_logprobs_fails_at_start_naming_it_and_what_works(criti
     message = str(info.value)
     assert server.url in message and "vLLM" in message and "llama.cpp" in message
     assert "transformers serve` returns none" in message and len(server.requests) == 1
+
+
+def test_a_server_whose_echo_is_shifted_is_not_trusted(critic):
+    model, tok, texts, expected = critic
+    server = LogprobServer(model, tok, echo_shift=True)  # as llama-cpp-python 0.3.36
+    try:
+        scorer = served(server, tok, top_logprobs=2)
+        scorer.check()
+        assert scorer.echo_ok is False and server.requests[1]["echo"]  # it was asked, and answered off by one
+        with pytest.raises(ConfigError, match=r"outside its top 2 .* raise preferences.top_logprobs"):
+            scorer.prob_a(texts)
+        scorer.top_logprobs = len(tok)  # every token: the letters are always there, echo is never needed
+        assert scorer.prob_a(texts) == pytest.approx(expected, abs=1e-5)
+    finally:
+        server.close()

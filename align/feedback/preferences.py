@@ -223,17 +223,17 @@ def parse_logprobs(choice: dict) -> list[TokenLogprobs]:
 def echoed_logprob(choice: dict, prompt: str, letter: str) -> float | None:
     """The log-probability of the prompt's last token ``letter`` in an ``echo`` response to ``prompt``.
 
-    The request asks for one new token, so the echoed prompt's last token is second from the end; where the
-    server reports character offsets, the position starting at ``len(prompt) - len(letter)`` is used instead.
-    None when that token is not ``letter`` (the server's tokenizer merged it with its neighbour).
+    The position starting at character ``len(prompt) - len(letter)``, where the server reports offsets, else
+    the second from the end (the request asks for one new token, which comes last). None when that token is
+    not ``letter`` (the server's tokenizer merged it with its neighbour, or it misreports offsets).
     """
     positions = parse_logprobs(choice)
     start = len(prompt) - len(letter)
-    at = [p for p in positions if p.offset == start]
-    pos = at[0] if at else (positions[-2] if len(positions) >= 2 else None)
-    if pos is None or pos.token != letter or pos.logprob is None:
-        return None
-    return float(pos.logprob)
+    candidates = [p for p in positions if p.offset == start] + positions[-2:-1]
+    for pos in candidates:
+        if pos.token == letter and pos.logprob is not None:
+            return float(pos.logprob)
+    return None
 
 
 class ServedOptionScorer:
@@ -242,9 +242,13 @@ class ServedOptionScorer:
     The prompt is what :func:`option_split` leaves before the option letter (the rendered comparison, usually
     up to and including "("), sent to ``/completions`` for one token with the top ``top_logprobs``
     log-probabilities. Where A or B is not among them, the prompt with each letter appended is sent with
-    ``echo`` and the letter's own log-probability is read. The tokenizer is the served model's, loaded here:
-    it renders the chat template and finds the option letters, exactly as in-process.
+    ``echo`` and the letter's own log-probability is read, but only from a server whose echoed numbers
+    :meth:`check` found consistent with its top-k ones (llama-cpp-python 0.3 reports each echoed token's
+    log-probability from the next position's distribution). The tokenizer is the served model's, loaded
+    here: it renders the chat template and finds the option letters, exactly as in-process.
     """
+
+    ECHO_TOLERANCE = 1e-3  # |echoed - top-k log-probability| of the same token above which echo is not trusted
 
     def __init__(self, backend, tokenizer, *, name: str | None = None, top_logprobs: int = 20) -> None:
         self.backend = backend
@@ -253,6 +257,7 @@ class ServedOptionScorer:
         self.top_logprobs = top_logprobs
         self.requests = 0
         self.echo_fallbacks = 0  # prompts whose letters were not in the top-k
+        self.echo_ok: bool | None = None  # set by check(); None = not checked, echo is tried
         self.seconds = 0.0
 
     def _error(self, what: str) -> Exception:
@@ -265,7 +270,11 @@ class ServedOptionScorer:
         )
 
     def check(self) -> None:
-        """Fail before labelling starts when the server gives no log-probabilities (probes with one request)."""
+        """Before labelling starts: fail if the server gives no log-probabilities; find out if its echo is usable.
+
+        Two requests: the top-k after a short rendered prompt, then that prompt plus the top token with ``echo``.
+        Echo is trusted only if it gives that token the log-probability the top-k gave it.
+        """
         from align.generation.openai_backend import ServerError
 
         probe = self.tokenizer.apply_chat_template(
@@ -275,12 +284,39 @@ class ServedOptionScorer:
             body = self.backend.completions([self._top_payload(probe)])[0]
         except ServerError as e:
             raise self._error(f"rejected a /completions request with logprobs ({e})") from None
-        positions = parse_logprobs((body.get("choices") or [{}])[0])
+        positions = parse_logprobs(_first_choice(body))
         if not positions or not positions[0].top:
             raise self._error("returned no top log-probabilities for a /completions request with logprobs")
+        self.echo_ok = False
+        token, logprob = self._round_trip_token(probe, positions[0].top)
+        if token:
+            try:
+                echoed = self.backend.completions([self._echo_payload(probe + token)])[0]
+            except ServerError:
+                return
+            value = echoed_logprob(_first_choice(echoed), probe + token, token)
+            self.echo_ok = value is not None and abs(value - logprob) <= self.ECHO_TOLERANCE
+
+    def _round_trip_token(self, prompt: str, top: dict[str, float]) -> tuple[str, float]:
+        """The most likely of ``top`` that is one whole token after ``prompt`` when appended to it ("" if none).
+
+        Only such a token can be looked up in an echo: a partial UTF-8 byte or a piece that merges with the
+        prompt's end would be tokenised differently the second time.
+        """
+        encode = self.tokenizer
+        base = encode(prompt, add_special_tokens=False).input_ids
+        for token, logprob in sorted(top.items(), key=lambda kv: -kv[1]):
+            ids = encode(prompt + token, add_special_tokens=False).input_ids
+            if token and ids[:-1] == base and self.tokenizer.decode(ids[-1:]) == token:
+                return token, logprob
+        return "", 0.0
 
     def _top_payload(self, prompt: str) -> dict:
         return {"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": self.top_logprobs}
+
+    @staticmethod
+    def _echo_payload(prompt: str) -> dict:
+        return {"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": 1, "echo": True}
 
     def prob_a(self, texts: Sequence[str], desc: str = "labels") -> list[float]:
         """P(A) for each rendered prompt: one request each, two more for any whose letters are not in the top-k."""
@@ -296,25 +332,28 @@ class ServedOptionScorer:
         out = [math.nan] * len(items)
         missing = []
         for i, ((_, a, b), body) in enumerate(zip(items, bodies)):
-            positions = parse_logprobs((body.get("choices") or [{}])[0])
+            positions = parse_logprobs(_first_choice(body))
             top = positions[0].top if positions else {}
             if a in top and b in top:
                 out[i] = logprob_option_probability(top[a], top[b])
             else:
                 missing.append(i)
+        if missing and self.echo_ok is False:
+            raise self._error(
+                f"ranked the option letters outside its top {self.top_logprobs} log-probabilities for {len(missing)} "
+                f"of {len(items)} comparisons, and its echoed log-probabilities disagree with its top-k ones (so the "
+                "letters cannot be read another way); raise preferences.top_logprobs (vLLM caps it at "
+                "--max-logprobs, default 20)"
+            )
         if missing:
-            echo = [
-                {"prompt": items[i][0] + letter, "max_tokens": 1, "temperature": 0.0, "logprobs": 1, "echo": True}
-                for i in missing
-                for letter in items[i][1:]
-            ]
+            echo = [self._echo_payload(items[i][0] + letter) for i in missing for letter in items[i][1:]]
             bodies = self.backend.completions(echo)
             self.requests += len(echo)
             self.echo_fallbacks += len(missing)
             for k, i in enumerate(missing):
                 prompt, a, b = items[i]
                 lp = [
-                    echoed_logprob((body.get("choices") or [{}])[0], prompt + letter, letter)
+                    echoed_logprob(_first_choice(body), prompt + letter, letter)
                     for body, letter in zip(bodies[2 * k : 2 * k + 2], (a, b))
                 ]
                 if lp[0] is None or lp[1] is None:
@@ -325,6 +364,10 @@ class ServedOptionScorer:
                 out[i] = logprob_option_probability(lp[0], lp[1])
         self.seconds += time.perf_counter() - start
         return out
+
+
+def _first_choice(body: dict) -> dict:
+    return (body.get("choices") or [{}])[0]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def _feedback_scorer(section, feedback: Backend, source: str, trust: bool):
         return OptionScorer(feedback.model, feedback.tokenizer, section.batch_size, name=feedback.name)
     if isinstance(feedback, OpenAIBackend):
         tokenizer = load_tokenizer(source, trust_remote_code=trust, field="preferences.feedback_model")
-        scorer = ServedOptionScorer(feedback, tokenizer, name=feedback.name)
+        scorer = ServedOptionScorer(feedback, tokenizer, name=feedback.name, top_logprobs=section.top_logprobs)
         scorer.check()  # a server without log-probabilities fails here, before any response is sampled
         return scorer
     # vLLM generates: scoring reads logits, so a transformers copy is loaded too, on the GPU vLLM runs on.

@@ -2,7 +2,9 @@
 
 It runs a transformers causal LM in-process and answers in the completions API's own shape (``tokens``,
 ``token_logprobs``, ``top_logprobs`` dicts, ``text_offset``) or, with ``shape="chat"``, in the chat shape
-llama.cpp's server uses (``content`` list). ``logprobs=False`` answers like a server that returns none.
+llama.cpp's server uses (``content`` list). ``logprobs=False`` answers like a server that returns none;
+``echo_shift=True`` gives each echoed token its log-probability under the *next* position's distribution, as
+llama-cpp-python 0.3.36 does.
 The numbers come from the model, not from the test, so the scorer's parsing and arithmetic are checked
 against the in-process scorer on the same weights.
 """
@@ -17,8 +19,11 @@ import torch
 
 
 class LogprobServer:
-    def __init__(self, model, tokenizer, *, shape: str = "completions", logprobs: bool = True) -> None:
+    def __init__(
+        self, model, tokenizer, *, shape: str = "completions", logprobs: bool = True, echo_shift: bool = False
+    ) -> None:
         self.model, self.tokenizer, self.shape, self.logprobs = model.eval(), tokenizer, shape, logprobs
+        self.echo_shift = echo_shift
         self.requests: list[dict] = []
         server = self
 
@@ -59,7 +64,8 @@ class LogprobServer:
         k = int(payload.get("logprobs") or 0)
         new = int(logprobs[-1].argmax())
         text = tok.decode([new])
-        choice: dict = {"index": 0, "text": (prompt + text) if payload.get("echo") else text}
+        echo = payload.get("echo") and self.shape != "chat"  # llama-server has no echo
+        choice: dict = {"index": 0, "text": (prompt + text) if echo else text}
         if not self.logprobs or not payload.get("logprobs"):
             return {"choices": [choice]}
 
@@ -68,14 +74,14 @@ class LogprobServer:
             return {tok.decode([int(i)]): float(v) for v, i in zip(values, idx)}
 
         if self.shape == "chat":
-            assert not payload.get("echo"), "llama-server's chat shape has no echo"
             row = logprobs[-1]
             entries = [{"token": t, "logprob": v} for t, v in top(row).items()]
             choice["logprobs"] = {"content": [{"token": text, "logprob": float(row[new]), "top_logprobs": entries}]}
             return {"choices": [choice]}
-        positions = list(range(len(ids))) if payload.get("echo") else []
+        positions = list(range(len(ids))) if echo else []
         tokens = [tok.decode([i]) for i in ids] if positions else []
-        token_lps: list = [None] + [float(logprobs[p - 1, ids[p]]) for p in positions[1:]] if positions else []
+        row = (lambda p: p) if self.echo_shift else (lambda p: p - 1)
+        token_lps: list = [None] + [float(logprobs[row(p), ids[p]]) for p in positions[1:]] if positions else []
         tops: list = [None] + [top(logprobs[p - 1]) for p in positions[1:]] if positions else []
         offsets, at = [], 0
         for t in tokens:
