@@ -166,3 +166,26 @@ def test_a_server_whose_echo_is_shifted_is_not_trusted(critic):
         assert scorer.prob_a(texts) == pytest.approx(expected, abs=1e-5)
     finally:
         server.close()
+
+
+def test_the_preferences_stage_picks_the_served_scorer_and_probes_the_server(critic, tmp_path):
+    from align.config import PreferencesConfig
+    from align.generation import build_backend
+    from align.stages.feedback import _feedback_scorer
+
+    model, tok, texts, expected = critic
+    model.save_pretrained(tmp_path / "critic")
+    tok.save_pretrained(tmp_path / "critic")
+    server = LogprobServer(model, tok)
+    try:
+        section = PreferencesConfig(
+            mode="ai_feedback", top_logprobs=300, backend=BackendSettings(kind="openai", base_url=server.url)
+        )
+        feedback = build_backend(section.backend, str(tmp_path / "critic"))
+        scorer = _feedback_scorer(section, feedback, str(tmp_path / "critic"), trust=False)
+        assert isinstance(scorer, ServedOptionScorer) and scorer.echo_ok is True  # check() ran at start
+        assert scorer.prob_a(texts) == pytest.approx(expected, abs=1e-5)
+    finally:
+        server.close()
+    local = _feedback_scorer(section, build_backend(BackendSettings(), str(tmp_path / "critic")), "unused", False)
+    assert isinstance(local, OptionScorer)
