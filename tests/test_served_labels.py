@@ -189,3 +189,15 @@ def test_the_preferences_stage_picks_the_served_scorer_and_probes_the_server(cri
         server.close()
     local = _feedback_scorer(section, build_backend(BackendSettings(), str(tmp_path / "critic")), "unused", False)
     assert isinstance(local, OptionScorer)
+
+
+def test_an_unreachable_server_fails_the_probe_with_what_to_start(critic):
+    _, tok, _, _ = critic
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = OpenAIBackend(BackendSettings(kind="openai", base_url=f"http://127.0.0.1:{port}/v1"), "critic")
+    with pytest.raises(ConfigError, match=r"did not answer .*cannot reach an OpenAI-compatible server"):
+        ServedOptionScorer(backend, tok).check()

@@ -283,7 +283,7 @@ class ServedOptionScorer:
         try:
             body = self.backend.completions([self._top_payload(probe)])[0]
         except ServerError as e:
-            raise self._error(f"rejected a /completions request with logprobs ({e})") from None
+            raise self._error(f"did not answer a /completions request with logprobs ({e})") from None
         positions = parse_logprobs(_first_choice(body))
         if not positions or not positions[0].top:
             raise self._error("returned no top log-probabilities for a /completions request with logprobs")
