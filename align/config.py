@@ -377,6 +377,16 @@ class RewardStageConfig(TrainSettings):
             raise ConfigError("eval_fraction must be in (0, 1)")
 
 
+def vllm_importable() -> bool:
+    """Whether ``import vllm`` would find the package (without importing it: that takes seconds and a GPU)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except (ValueError, ImportError):
+        return False
+
+
 @dataclass
 class OnlineRLSettings(TrainSettings):
     """What GRPO and RLOO share: both sample a group of completions per prompt and score each with the reward model.
@@ -397,9 +407,25 @@ class OnlineRLSettings(TrainSettings):
     epsilon: float = 0.2  # PPO clip range (Schulman et al. 2017), TRL default
     num_iterations: int = 1  # optimisation passes per generated batch (mu in Shao et al. 2024); 1 = on-policy
     mask_truncated_completions: bool = False  # DAPO (Yu et al. 2025) masks completions cut at the length limit
+    # Completions through vLLM instead of model.generate (TRL's settings of the same names; needs a GPU). colocate:
+    # vLLM shares the training GPUs, holding vllm_gpu_memory_utilization of each; server: a separate
+    # `trl vllm-serve --model M` process at vllm_server_base_url (None = TRL's default host and port).
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3  # TRL default: the rest stays for training
+    vllm_tensor_parallel_size: int = 1
+    vllm_server_base_url: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.use_vllm and not vllm_importable():
+            raise ConfigError("use_vllm: vllm is not installed here (pip install vllm; needs a GPU)")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ConfigError("vllm_gpu_memory_utilization must be in (0, 1]")
+        if self.vllm_tensor_parallel_size < 1:
+            raise ConfigError("vllm_tensor_parallel_size must be >= 1")
+        if self.vllm_server_base_url and self.vllm_mode != "server":
+            raise ConfigError("vllm_server_base_url is used only with vllm_mode: server")
         if self.num_generations < 2:
             raise ConfigError("num_generations must be >= 2: the baseline is computed from the other completions")
         if (self.per_device_train_batch_size * self.gradient_accumulation_steps) % self.num_generations:
@@ -537,6 +563,8 @@ class BackendSettings:
     max_retries: int = 5  # openai: retries on 429, 5xx, timeouts and dropped connections, with backoff
     dtype: str = "auto"  # transformers/vllm: "auto" = bfloat16 on GPU, the checkpoint's dtype on CPU
     gpu_memory_utilization: float = 0.85  # vllm: share of GPU memory for weights and KV cache
+    tensor_parallel_size: int = 1  # vllm: GPUs one model is split over (a 70B critic in bf16 needs 2+ x 80 GB)
+    max_model_len: int | None = None  # vllm: context length to reserve KV cache for; None = the model's own
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
@@ -547,6 +575,10 @@ class BackendSettings:
             raise ConfigError("max_retries must be >= 0")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError("gpu_memory_utilization must be in (0, 1]")
+        if self.tensor_parallel_size < 1:
+            raise ConfigError("tensor_parallel_size must be >= 1")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ConfigError("max_model_len must be a positive integer, or null for the model's own context length")
 
 
 @dataclass
@@ -611,6 +643,9 @@ class PreferencesConfig:
     chain_of_thought: bool = False  # reason first, then read the answer; probabilities clamped to [0.4, 0.6]
     cot_clamp: tuple[float, float] = (0.4, 0.6)
     batch_size: int = 64  # labelling batch size (one forward pass each, no generation)
+    # backend.kind openai: log-probabilities asked for per comparison; (A) and (B) must be among them unless the
+    # server's echo is exact (vLLM's is; llama-cpp-python's is not). vLLM serves at most --max-logprobs (20).
+    top_logprobs: int = 20
     sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
     backend: BackendSettings = dataclasses.field(default_factory=BackendSettings)
     prompt_limits: PromptLimits = dataclasses.field(default_factory=PromptLimits)
@@ -621,15 +656,11 @@ class PreferencesConfig:
             raise ConfigError("shard_size must be >= 1")
         if self.num_principles < 1:
             raise ConfigError("num_principles must be >= 1")
+        if self.top_logprobs < 2:
+            raise ConfigError("top_logprobs must be >= 2 (both option letters)")
         lo, hi = self.cot_clamp
         if not 0 <= lo <= 0.5 <= hi <= 1:
             raise ConfigError("cot_clamp must be (low, high) with 0 <= low <= 0.5 <= high <= 1")
-        if self.backend.kind == "openai" and self.mode == "ai_feedback":
-            raise ConfigError(
-                "backend.kind openai: RL-CAI labelling reads the feedback model's next-token probabilities of "
-                "(A) and (B), which OpenAI-compatible servers do not reliably return (transformers serve returns "
-                "none); use backend.kind transformers or vllm for preferences"
-            )
 
 
 # --------------------------------------------------------------------------------------------------

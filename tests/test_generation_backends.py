@@ -80,9 +80,34 @@ def test_openai_settings_are_checked_per_stage():
     with pytest.raises(ConfigError, match="name a served model"):
         CritiqueReviseConfig(backend=BackendSettings(kind="openai"))
     CritiqueReviseConfig(feedback_model="served-critic", backend=BackendSettings(kind="openai"))
-    with pytest.raises(ConfigError, match="next-token probabilities"):
-        PreferencesConfig(mode="ai_feedback", backend=BackendSettings(kind="openai"))
+    # a served critic labels through its log-probabilities (checked against the server when the stage starts)
+    PreferencesConfig(mode="ai_feedback", backend=BackendSettings(kind="openai"))
     with pytest.raises(ConfigError, match="run's own checkpoints"):
         EvalConfig(backend=BackendSettings(kind="openai"))
     with pytest.raises(ConfigError, match="max_concurrency"):
         BackendSettings(max_concurrency=0)
+
+
+def test_vllm_size_settings_are_checked_and_reach_the_engine():
+    from align.generation.vllm_backend import engine_arguments
+
+    with pytest.raises(ConfigError, match="tensor_parallel_size"):
+        BackendSettings(kind="vllm", tensor_parallel_size=0)
+    with pytest.raises(ConfigError, match="max_model_len"):
+        BackendSettings(kind="vllm", max_model_len=0)
+    settings = BackendSettings(kind="vllm", tensor_parallel_size=4, max_model_len=8192, gpu_memory_utilization=0.5)
+    assert engine_arguments(settings) == {
+        "dtype": "bfloat16",
+        "gpu_memory_utilization": 0.5,
+        "tensor_parallel_size": 4,
+        "max_model_len": 8192,
+    }
+    assert engine_arguments(BackendSettings(kind="vllm", dtype="float16"))["max_model_len"] is None
+
+
+def test_the_scoring_copy_next_to_vllm_goes_on_the_gpu_in_bf16():
+    from align.stages.feedback import scoring_copy_placement
+
+    assert scoring_copy_placement(cuda=True, bf16=True) == ("cuda", "bfloat16")
+    assert scoring_copy_placement(cuda=True, bf16=False) == ("cuda", "float16")  # e.g. a V100
+    assert scoring_copy_placement(cuda=False, bf16=False) == ("cpu", "float32")

@@ -198,3 +198,40 @@ def test_a_diverging_run_stops_with_its_step_and_last_checkpoint(kind, reward_di
     cfg = fast(kind, learning_rate=1e30, max_steps=4, save_steps=1)
     with pytest.raises(TrainingDiverged, match=r"loss is NaN or infinite at step 2 .*checkpoint-1"):
         TRAINERS[kind][1](*policy(), prompts(), reward_dir, cfg, str(tmp_path / kind), seed=0)
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_vllm_settings_reach_trl(kind, reward_dir, tmp_path):
+    model, tok = policy()
+    vllm = dict(vllm_mode="server", vllm_server_base_url="http://127.0.0.1:8011", vllm_tensor_parallel_size=2)
+    cfg = fast(kind, vllm_gpu_memory_utilization=0.5, **vllm)
+    trainer, _ = build_trainer(model, tok, prompts(), reward_dir, cfg, str(tmp_path), seed=0)
+    assert type(trainer.args).__name__ == ("GRPOConfig" if kind == "grpo" else "RLOOConfig")
+    assert trainer.args.use_vllm is False and trainer.args.vllm_mode == "server"
+    assert trainer.args.vllm_server_base_url == "http://127.0.0.1:8011"
+    assert trainer.args.vllm_tensor_parallel_size == 2 and trainer.args.vllm_gpu_memory_utilization == 0.5
+
+
+def test_use_vllm_without_vllm_is_a_config_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if vllm were not installed, even where it is
+    with pytest.raises(ConfigError, match=r"pip install vllm; needs a GPU"):
+        GRPOStageConfig(use_vllm=True)
+    with pytest.raises(ConfigError, match="vllm_mode: server"):
+        RLOOStageConfig(vllm_server_base_url="http://127.0.0.1:8000")
+    with pytest.raises(ConfigError, match="vllm_tensor_parallel_size"):
+        GRPOStageConfig(vllm_tensor_parallel_size=0)
+
+
+def test_use_vllm_reaches_trls_config(monkeypatch, tmp_path):
+    from trl import GRPOConfig, RLOOConfig
+
+    import align.config
+    from align.train.grpo import _online_args
+
+    # vLLM itself needs a GPU, TRL's config objects do not: pretend the package is installed
+    monkeypatch.setattr(align.config, "vllm_importable", lambda: True)
+    for kind, trl_config in (("grpo", GRPOConfig), ("rloo", RLOOConfig)):
+        args = trl_config(**_online_args(fast(kind, use_vllm=True), str(tmp_path), 0, "none", kind))
+        assert args.use_vllm is True and args.vllm_mode == "colocate" and args.vllm_gpu_memory_utilization == 0.3

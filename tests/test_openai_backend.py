@@ -253,3 +253,15 @@ def test_a_key_goes_over_https_or_to_this_machine(url, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-0123456789")
     backend = OpenAIBackend(BackendSettings(kind="openai", base_url=url), "m")
     assert backend._headers == {"Authorization": "Bearer sk-test-secret-0123456789"}
+
+
+def test_labelling_through_transformers_serve_fails_at_start_it_returns_no_logprobs(server, model_dir):
+    from align.config import ConfigError
+    from align.feedback.preferences import ServedOptionScorer
+    from align.models import load_tokenizer
+
+    backend = OpenAIBackend(BackendSettings(kind="openai", base_url=server, max_retries=0), str(model_dir))
+    scorer = ServedOptionScorer(backend, load_tokenizer(str(model_dir)))
+    with pytest.raises(ConfigError, match=r"returned no top log-probabilities") as info:
+        scorer.check()
+    assert server in str(info.value) and "vLLM" in str(info.value) and "llama.cpp" in str(info.value)

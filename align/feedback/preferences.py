@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -150,6 +151,225 @@ class OptionScorer:
         return out
 
 
+class Scorer(Protocol):
+    """What labelling needs from a feedback model: P(A) per rendered prompt, and its tokenizer's chat template."""
+
+    name: str
+    tokenizer: Any
+    seconds: float
+
+    def prob_a(self, texts: Sequence[str], desc: str = "labels") -> list[float]: ...
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading option probabilities from a server's log-probabilities (the OpenAI completions API)
+
+SERVERS_WITH_LOGPROBS = (
+    "vLLM (`vllm serve MODEL`) and llama.cpp's server (`llama-server`, or llama-cpp-python's "
+    "`python -m llama_cpp.server`) return them; `transformers serve` returns none"
+)
+
+
+def logprob_option_probability(logprob_a: float, logprob_b: float) -> float:
+    """P(A) renormalised over A and B from their log-probabilities, as :func:`option_probability` does with logits.
+
+    Log-probabilities are logits less one shared log-normaliser, which cancels: P(A) = sigmoid(lp_A - lp_B).
+    """
+    d = logprob_b - logprob_a
+    return 1.0 / (1.0 + math.exp(d)) if d < 700 else 0.0
+
+
+@dataclass
+class TokenLogprobs:
+    """One position of a completion's ``logprobs``: its token, that token's log-probability, the top-k others."""
+
+    token: str
+    logprob: float | None  # None for a prompt's first token, which nothing predicts
+    top: dict[str, float]
+    offset: int | None  # character offset in prompt + completion, where the server reports it
+
+
+def parse_logprobs(choice: dict) -> list[TokenLogprobs]:
+    """The positions of a completions ``choice["logprobs"]``, in either shape servers use ([] when absent).
+
+    The completions API's own shape (OpenAI legacy, vLLM, llama-cpp-python) keeps parallel lists ``tokens``,
+    ``token_logprobs``, ``top_logprobs`` (a {token: logprob} dict per position) and ``text_offset``. The chat
+    shape, which llama.cpp's ``llama-server`` also uses for completions, is ``content``: a list of
+    ``{token, logprob, top_logprobs: [{token, logprob}]}``.
+    """
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        return []
+    if isinstance(lp.get("content"), list):
+        return [
+            TokenLogprobs(
+                str(c.get("token", "")),
+                c.get("logprob"),
+                {str(t["token"]): float(t["logprob"]) for t in c.get("top_logprobs") or []},
+                None,
+            )
+            for c in lp["content"]
+        ]
+    tokens = lp.get("tokens") or []
+    values = lp.get("token_logprobs") or [None] * len(tokens)
+    tops = lp.get("top_logprobs") or [None] * len(tokens)
+    offsets = lp.get("text_offset") or [None] * len(tokens)
+    return [
+        TokenLogprobs(str(t), v, {str(k): float(x) for k, x in (top or {}).items()}, o)
+        for t, v, top, o in zip(tokens, values, tops, offsets)
+    ]
+
+
+def echoed_logprob(choice: dict, prompt: str, letter: str) -> float | None:
+    """The log-probability of the prompt's last token ``letter`` in an ``echo`` response to ``prompt``.
+
+    The position starting at character ``len(prompt) - len(letter)``, where the server reports offsets, else
+    the second from the end (the request asks for one new token, which comes last). None when that token is
+    not ``letter`` (the server's tokenizer merged it with its neighbour, or it misreports offsets).
+    """
+    positions = parse_logprobs(choice)
+    start = len(prompt) - len(letter)
+    candidates = [p for p in positions if p.offset == start] + positions[-2:-1]
+    for pos in candidates:
+        if pos.token == letter and pos.logprob is not None:
+            return float(pos.logprob)
+    return None
+
+
+class ServedOptionScorer:
+    """P(A) read from an OpenAI-compatible server's log-probabilities, for a critic too big to load here.
+
+    The prompt is what :func:`option_split` leaves before the option letter (the rendered comparison, usually
+    up to and including "("), sent to ``/completions`` for one token with the top ``top_logprobs``
+    log-probabilities. Where A or B is not among them, the prompt with each letter appended is sent with
+    ``echo`` and the letter's own log-probability is read, but only from a server whose echoed numbers
+    :meth:`check` found consistent with its top-k ones (llama-cpp-python 0.3 reports each echoed token's
+    log-probability from the next position's distribution). The tokenizer is the served model's, loaded
+    here: it renders the chat template and finds the option letters, exactly as in-process.
+    """
+
+    ECHO_TOLERANCE = 1e-3  # |echoed - top-k log-probability| of the same token above which echo is not trusted
+
+    def __init__(self, backend, tokenizer, *, name: str | None = None, top_logprobs: int = 20) -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.name = name or backend.name
+        self.top_logprobs = top_logprobs
+        self.requests = 0
+        self.echo_fallbacks = 0  # prompts whose letters were not in the top-k
+        self.echo_ok: bool | None = None  # set by check(); None = not checked, echo is tried
+        self.seconds = 0.0
+
+    def _error(self, what: str) -> Exception:
+        from align.config import ConfigError
+
+        return ConfigError(
+            f"preferences.backend: the server at {self.backend.base_url} {what}. RL-CAI labels read the "
+            f"log-probabilities of (A) and (B) from /completions with logprobs: {SERVERS_WITH_LOGPROBS}. "
+            "Serve the feedback model with one of those, or use backend.kind transformers or vllm"
+        )
+
+    def check(self) -> None:
+        """Before labelling starts: fail if the server gives no log-probabilities; find out if its echo is usable.
+
+        Two requests: the top-k after a short rendered prompt, then that prompt plus the top token with ``echo``.
+        Echo is trusted only if it gives that token the log-probability the top-k gave it.
+        """
+        from align.generation.openai_backend import ServerError
+
+        probe = self.tokenizer.apply_chat_template(
+            [prompts.user("Which is better, (A) or (B)?")], tokenize=False, add_generation_prompt=True
+        )
+        try:
+            body = self.backend.completions([self._top_payload(probe)])[0]
+        except ServerError as e:
+            raise self._error(f"did not answer a /completions request with logprobs ({e})") from None
+        positions = parse_logprobs(_first_choice(body))
+        if not positions or not positions[0].top:
+            raise self._error("returned no top log-probabilities for a /completions request with logprobs")
+        self.echo_ok = False
+        token, logprob = self._round_trip_token(probe, positions[0].top)
+        if token:
+            try:
+                echoed = self.backend.completions([self._echo_payload(probe + token)])[0]
+            except ServerError:
+                return
+            value = echoed_logprob(_first_choice(echoed), probe + token, token)
+            self.echo_ok = value is not None and abs(value - logprob) <= self.ECHO_TOLERANCE
+
+    def _round_trip_token(self, prompt: str, top: dict[str, float]) -> tuple[str, float]:
+        """The most likely of ``top`` that is one whole token after ``prompt`` when appended to it ("" if none).
+
+        Only such a token can be looked up in an echo: a partial UTF-8 byte or a piece that merges with the
+        prompt's end would be tokenised differently the second time.
+        """
+        encode = self.tokenizer
+        base = encode(prompt, add_special_tokens=False).input_ids
+        for token, logprob in sorted(top.items(), key=lambda kv: -kv[1]):
+            ids = encode(prompt + token, add_special_tokens=False).input_ids
+            if token and ids[:-1] == base and self.tokenizer.decode(ids[-1:]) == token:
+                return token, logprob
+        return "", 0.0
+
+    def _top_payload(self, prompt: str) -> dict:
+        return {"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": self.top_logprobs}
+
+    @staticmethod
+    def _echo_payload(prompt: str) -> dict:
+        return {"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": 1, "echo": True}
+
+    def prob_a(self, texts: Sequence[str], desc: str = "labels") -> list[float]:
+        """P(A) for each rendered prompt: one request each, two more for any whose letters are not in the top-k."""
+        start = time.perf_counter()
+        items = []
+        for t in texts:
+            context, id_a, id_b = option_split(self.tokenizer, t)
+            decode = self.tokenizer.decode
+            prompt = decode(context, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            items.append((prompt, decode([id_a]), decode([id_b])))
+        bodies = self.backend.completions([self._top_payload(p) for p, _, _ in items])
+        self.requests += len(items)
+        out = [math.nan] * len(items)
+        missing = []
+        for i, ((_, a, b), body) in enumerate(zip(items, bodies)):
+            positions = parse_logprobs(_first_choice(body))
+            top = positions[0].top if positions else {}
+            if a in top and b in top:
+                out[i] = logprob_option_probability(top[a], top[b])
+            else:
+                missing.append(i)
+        if missing and self.echo_ok is False:
+            raise self._error(
+                f"ranked the option letters outside its top {self.top_logprobs} log-probabilities for {len(missing)} "
+                f"of {len(items)} comparisons, and its echoed log-probabilities disagree with its top-k ones (so the "
+                "letters cannot be read another way); raise preferences.top_logprobs (vLLM caps it at "
+                "--max-logprobs, default 20)"
+            )
+        if missing:
+            echo = [self._echo_payload(items[i][0] + letter) for i in missing for letter in items[i][1:]]
+            bodies = self.backend.completions(echo)
+            self.requests += len(echo)
+            self.echo_fallbacks += len(missing)
+            for k, i in enumerate(missing):
+                prompt, a, b = items[i]
+                lp = [
+                    echoed_logprob(_first_choice(body), prompt + letter, letter)
+                    for body, letter in zip(bodies[2 * k : 2 * k + 2], (a, b))
+                ]
+                if lp[0] is None or lp[1] is None:
+                    raise self._error(
+                        f"did not echo the log-probability of the option letters {a!r} and {b!r} (it may not "
+                        "support echo with logprobs, or it tokenises the prompt differently from the local tokenizer)"
+                    )
+                out[i] = logprob_option_probability(lp[0], lp[1])
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def _first_choice(body: dict) -> dict:
+    return (body.get("choices") or [{}])[0]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Labelling pairs
 
@@ -174,7 +394,7 @@ def comparison_conversation(pair_prompt: str, a: str, b: str, question: str, cot
 def label_pairs(
     pairs: Sequence[Pair],
     constitution,
-    scorer: OptionScorer,
+    scorer: Scorer,
     *,
     num_principles: int,
     seed: int,
@@ -257,7 +477,7 @@ def ai_feedback_preferences(
     prompt_texts: Sequence[str | list[dict[str, str]]],
     first: Backend,
     second: Backend,
-    scorer: OptionScorer,
+    scorer: Scorer,
     constitution,
     cfg: PreferencesConfig,
     seed: int,
@@ -313,7 +533,7 @@ def ai_feedback_preferences_sharded(
     prompt_texts: Sequence[str | list[dict[str, str]]],
     first: Backend,
     second: Backend,
-    scorer: OptionScorer,
+    scorer: Scorer,
     constitution,
     cfg: PreferencesConfig,
     seed: int,

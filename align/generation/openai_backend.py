@@ -79,6 +79,28 @@ def _detail(response: httpx.Response) -> str:
     return str(body)[:300]
 
 
+def _run_sync(coro: Any) -> Any:
+    """Run ``coro`` to completion from synchronous code, also when called inside an event loop (a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as e:
+            result["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
 class OpenAIBackend:
     """Chat or text completions from a server, with the :class:`~align.generation.base.Backend` interface.
 
@@ -130,39 +152,53 @@ class OpenAIBackend:
         """Send every conversation, at most ``max_concurrency`` at a time, and return replies in input order."""
         if not conversations:
             return []
-        coro = self._generate_all(conversations, sampling, seed, desc)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(coro)
-        # Called from inside an event loop (a notebook): run ours on a thread of its own.
-        result: dict[str, Any] = {}
+        return _run_sync(self._generate_all(conversations, sampling, seed, desc))
 
-        def run() -> None:
+    def completions(self, payloads: Sequence[dict]) -> list[dict]:
+        """Raw JSON bodies of ``/completions`` requests (``model`` filled in), in input order.
+
+        For callers that need more than the text, e.g. RL-CAI labels read log-probabilities. The same
+        concurrency limit, retries and clear errors as :meth:`generate` apply.
+        """
+        if not payloads:
+            return []
+        return _run_sync(self._complete_all(payloads))
+
+    def _client(self) -> httpx.AsyncClient:
+        s = self.settings
+        limits = httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=s.max_concurrency)
+        timeout = httpx.Timeout(s.timeout, connect=min(s.timeout, 10.0))
+        return httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout, limits=limits)
+
+    async def _complete_all(self, payloads: Sequence[dict]) -> list[dict]:
+        # No Progress and no self.seconds here: those measure generation (tokens/s), which these requests are not.
+        bodies: list[dict] = [{} for _ in payloads]
+        semaphore = asyncio.Semaphore(self.settings.max_concurrency)
+        async with self._client() as client:
+            await self._check_reachable()
+
+            async def one(i: int) -> None:
+                async with semaphore:
+                    r = await self._post(client, "/completions", {"model": self.model, **payloads[i]})
+                bodies[i] = r.json()
+
+            tasks = [asyncio.ensure_future(one(i)) for i in range(len(payloads))]
             try:
-                result["value"] = asyncio.run(coro)
-            except BaseException as e:
-                result["error"] = e
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        thread.join()
-        if "error" in result:
-            raise result["error"]
-        return result["value"]
+                await asyncio.gather(*tasks)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        return bodies
 
     async def _generate_all(
         self, conversations: Sequence[Sequence[Message]], sampling: SamplingSettings, seed: int, desc: str
     ) -> list[str]:
-        s = self.settings
-        limits = httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=s.max_concurrency)
-        timeout = httpx.Timeout(s.timeout, connect=min(s.timeout, 10.0))
         replies: list[str] = [""] * len(conversations)
-        semaphore = asyncio.Semaphore(s.max_concurrency)
+        semaphore = asyncio.Semaphore(self.settings.max_concurrency)
         progress = Progress(len(conversations), desc)
         start = time.perf_counter()
-        client = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout, limits=limits)
-        async with client:
+        async with self._client() as client:
             await self._check_reachable()
 
             async def one(i: int) -> None:
@@ -232,31 +268,35 @@ class OpenAIBackend:
 
     async def _request(self, client: httpx.AsyncClient, payload: dict) -> tuple[str, int]:
         """(reply text, completion tokens) of one request, retrying transient failures with backoff."""
+        return self._parse(await self._post(client, self._path, payload))
+
+    async def _post(self, client: httpx.AsyncClient, path: str, payload: dict) -> httpx.Response:
+        """The 200 response to one POST to ``path``, retrying transient failures with backoff."""
         attempts = self.settings.max_retries + 1
         last = ""
         for attempt in range(attempts):
             retry_after = None
             try:
-                r = await client.post(self._path, json=payload)
+                r = await client.post(path, json=payload)
             except (httpx.TimeoutException, httpx.TransportError) as e:
                 last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             else:
                 if r.status_code == 200:
-                    return self._parse(r)
+                    return r
                 if r.status_code not in RETRY_STATUS:
-                    await self._raise_for(r)
+                    await self._raise_for(r, path)
                 last = f"HTTP {r.status_code}: {_detail(r)}"
                 retry_after = r.headers.get("retry-after")
             if attempt + 1 < attempts:
                 self.retries += 1
                 await asyncio.sleep(_backoff(attempt, retry_after))
         raise ServerError(
-            f"{self.base_url}{self._path} failed {attempts} time(s) for model {self.model!r}; last error: {last}. "
+            f"{self.base_url}{path} failed {attempts} time(s) for model {self.model!r}; last error: {last}. "
             "Raise backend.max_retries or backend.timeout, or lower backend.max_concurrency if the server is "
             "overloaded."
         )
 
-    async def _raise_for(self, r: httpx.Response) -> None:
+    async def _raise_for(self, r: httpx.Response, path: str) -> None:
         detail = _detail(r)
         # vLLM answers 404 "model does not exist"; transformers serve 400 "pinned to X; requested Y"
         named = "model" in detail.lower() or self.model in detail
@@ -275,7 +315,7 @@ class OpenAIBackend:
                 if env
                 else f"{self.base_url} refused the request (HTTP {r.status_code}: {detail}); set backend.api_key_env"
             )
-        raise ServerError(f"{self.base_url}{self._path} rejected the request (HTTP {r.status_code}: {detail})")
+        raise ServerError(f"{self.base_url}{path} rejected the request (HTTP {r.status_code}: {detail})")
 
     def _parse(self, r: httpx.Response) -> tuple[str, int]:
         body = r.json()

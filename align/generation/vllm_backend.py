@@ -29,6 +29,16 @@ def import_vllm():
     return vllm
 
 
+def engine_arguments(settings: BackendSettings) -> dict:
+    """``vllm.LLM`` arguments from a stage's backend settings (a pure function, so it is tested without vLLM)."""
+    return {
+        "dtype": "bfloat16" if settings.dtype == "auto" else settings.dtype,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        "max_model_len": settings.max_model_len,
+    }
+
+
 class VLLMBackend:
     """A ``vllm.LLM`` behind the :class:`~align.generation.base.Backend` interface."""
 
@@ -41,12 +51,7 @@ class VLLMBackend:
         if not torch.cuda.is_available():
             raise RuntimeError(f"backend.kind 'vllm' needs a CUDA GPU and none is visible. {INSTALL_HINT}")
         self._vllm = vllm
-        self.llm = vllm.LLM(
-            model=path,
-            dtype="bfloat16" if settings.dtype == "auto" else settings.dtype,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            trust_remote_code=trust_remote_code,
-        )
+        self.llm = vllm.LLM(model=path, **engine_arguments(settings), trust_remote_code=trust_remote_code)
         self.name = name or str(path)
         self.tokens_generated = 0
         self.samples_generated = 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from align.config import ConfigError, PromptLimits, SamplingSettings
 from align.data import DataError, read_jsonl, write_jsonl_atomic
@@ -149,9 +149,8 @@ def preferences(
 def _ai_labels(
     ctx: Context, helpful: tuple[Path, str], sl_cai: tuple[Path, str], out: Path
 ) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    from align.feedback.preferences import OptionScorer, ai_feedback_preferences_sharded
-    from align.generation import TransformersBackend, build_backend, generation_metrics
-    from align.models import load_causal_lm
+    from align.feedback.preferences import ai_feedback_preferences_sharded
+    from align.generation import build_backend, generation_metrics
 
     config = ctx.config
     section = config.preferences
@@ -171,12 +170,7 @@ def _ai_labels(
         if section.feedback_model
         else helpful_model
     )
-    # Scoring reads logits, so it needs the transformers model even when another engine generates.
-    if isinstance(feedback, TransformersBackend):
-        scored = (feedback.model, feedback.tokenizer)
-    else:
-        scored = load_causal_lm(section.feedback_model or str(helpful[0]), trust_remote_code=trust)
-    scorer = OptionScorer(*scored, section.batch_size, name=feedback.name)
+    scorer = _feedback_scorer(section, feedback, section.feedback_model or str(helpful[0]), trust)
     prompts, limits = limited(
         ctx.prompts("preferences.prompts"), feedback, section.prompt_limits, section.sampling, "preferences.prompts"
     )
@@ -196,3 +190,43 @@ def _ai_labels(
     metrics.update(generation_metrics([first, sl_cai_model, feedback]))
     metrics["mean_label"] = sum(r["label"] for r in rows) / max(len(rows), 1)
     return rows, labels, metrics
+
+
+def _feedback_scorer(section, feedback: Backend, source: str, trust: bool):
+    """What reads the feedback model's P(A): its in-process weights, or a server's log-probabilities.
+
+    ``source`` is the feedback model's directory or hub id (for a served model, its served name), whose
+    tokenizer renders the comparison and finds the option letters.
+    """
+    from align.feedback.preferences import OptionScorer, ServedOptionScorer
+    from align.generation import TransformersBackend
+    from align.generation.openai_backend import OpenAIBackend
+    from align.models import load_causal_lm, load_tokenizer
+
+    if isinstance(feedback, TransformersBackend):
+        return OptionScorer(feedback.model, feedback.tokenizer, section.batch_size, name=feedback.name)
+    if isinstance(feedback, OpenAIBackend):
+        tokenizer = load_tokenizer(source, trust_remote_code=trust, field="preferences.feedback_model")
+        scorer = ServedOptionScorer(feedback, tokenizer, name=feedback.name, top_logprobs=section.top_logprobs)
+        scorer.check()  # a server without log-probabilities fails here, before any response is sampled
+        return scorer
+    # vLLM generates: scoring reads logits, so a transformers copy is loaded too, on the GPU vLLM runs on.
+    import torch
+
+    from align.config import ModelLoading
+
+    cuda = torch.cuda.is_available()
+    device, dtype = scoring_copy_placement(cuda, cuda and torch.cuda.is_bf16_supported())
+    model, tokenizer = load_causal_lm(source, ModelLoading(torch_dtype=dtype), trust_remote_code=trust)
+    return OptionScorer(model.to(device), tokenizer, section.batch_size, name=feedback.name)
+
+
+def scoring_copy_placement(cuda: bool, bf16: bool) -> tuple[str, Literal["bfloat16", "float16", "float32"]]:
+    """(device, dtype) for the transformers copy that scores when vLLM generates.
+
+    On a GPU it is bf16 (fp16 where bf16 is missing), as the critic is served: a 70B critic in fp32 on CPU would
+    take 280 GB and hours. float32 on CPU only where there is no GPU (then vLLM itself cannot run either).
+    """
+    if not cuda:
+        return "cpu", "float32"
+    return "cuda", "bfloat16" if bf16 else "float16"

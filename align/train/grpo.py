@@ -92,6 +92,11 @@ def _online_args(cfg: OnlineRLSettings, output_dir: str, seed: int, report_to: s
         epsilon=cfg.epsilon,
         num_iterations=cfg.num_iterations,
         mask_truncated_completions=cfg.mask_truncated_completions,
+        use_vllm=cfg.use_vllm,
+        vllm_mode=cfg.vllm_mode,
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+        vllm_server_base_url=cfg.vllm_server_base_url,
     )
 
 
