@@ -390,6 +390,107 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_redteam(args: argparse.Namespace) -> int:
+    from align.config import BackendSettings, ConfigError, PromptSource, RecipeConfig, SamplingSettings, load_config
+    from align.data import DataError
+    from align.redteam.search import SearchSettings, run_search
+    from align.sources import load_prompts, prompts_hash
+    from align.worlds import load_world
+
+    out = Path(args.output)
+    try:
+        if not Path(args.model).is_dir():
+            raise ConfigError(f"--model {args.model}: not a directory (give the target model's folder)")
+        config = load_config(RecipeConfig, args.world) if args.world else None
+        world = load_world(config) if config is not None else None
+        source = PromptSource(path=args.prompts, limit=args.limit)
+        prompts, _ = load_prompts(source, world, "--prompts")
+        seeds = seeds_from_prompts(prompts)
+        styles = tuple(s.strip() for s in args.styles.split(",")) if args.styles else None
+        settings = SearchSettings(
+            max_queries=args.max_queries,
+            max_seconds=args.max_seconds,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            **({"styles": styles} if styles else {}),
+        )
+        judge = _redteam_judge(args, config, world)
+        from align.generation import build_backend
+
+        backend = build_backend(BackendSettings(), args.model, name="target", run_model=True)
+        sampling = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=0.0, batch_size=args.batch_size)
+
+        def target(conversations: list) -> list[str]:
+            return backend.generate(conversations, sampling, args.seed, "red team")
+
+        fingerprint = {
+            "model": str(Path(args.model).resolve()),
+            "prompts": prompts_hash(prompts),
+            "judge": args.judge,
+            "max_new_tokens": args.max_new_tokens,
+        }
+        reference = world.reference_judge() if world is not None else None
+        from align.generation.base import generation_meter
+
+        with generation_meter("red team"):  # one throughput line for the whole search, not one per batch
+            summary = run_search(
+                seeds, target, judge, out, settings, fingerprint=fingerprint, reference=reference, log=_err
+            )
+    except (ConfigError, DataError, ValueError) as e:
+        _err(f"error: {e}")
+        return 2
+    overall = summary["overall"]
+    _out((out / "asr.md").read_text().rstrip())
+    _out()
+    _out(
+        f"{out}: archive.jsonl, asr.json, asr.md{', heatmap.png' if (out / 'heatmap.png').exists() else ''}, "
+        f"state.json; ASR {overall['asr']:.3f} over {_count(overall['attempts'], 'attack')}, "
+        f"{summary['queries']} queries in {summary['iterations']} iterations ({summary['attacks_per_second']:.2f}/s)"
+    )
+    return 0
+
+
+def seeds_from_prompts(prompts):
+    """Seed requests and their risk categories: a ``category`` column, the world's harmful verb, else ``all``.
+
+    Rows a source labels benign or safe (a tiny world's ``tiny:train``, XSTest's safe prompts) are left out: the
+    search attacks harmful requests only.
+    """
+    from align.redteam.search import Seed
+
+    seeds = []
+    for prompt in prompts:
+        if str(prompt.meta.get("label", "")).lower() in ("benign", "safe"):
+            continue
+        category = prompt.meta.get("category") or prompt.meta.get("verb") or "all"
+        seeds.append(Seed(prompt.text, str(category)))
+    if not seeds:
+        raise ValueError("--prompts: no harmful prompts to attack (every row is labelled benign or safe)")
+    return seeds
+
+
+def _redteam_judge(args: argparse.Namespace, config, world):
+    from align.evaluation.judges import FeedbackJudge, RefusalJudge, generic_refusal
+
+    if args.judge == "refusal":
+        return RefusalJudge(config.eval.refusal if config is not None else None)
+    constitution_path = args.constitution or (config.constitution if config is not None else None)
+    if not constitution_path:
+        raise ValueError("--judge feedback needs --constitution FILE (or a --world config that names one)")
+    from align.feedback.preferences import OptionScorer
+
+    model, tokenizer = _load_causal_lm(args.feedback_model or args.model)
+    if tokenizer.chat_template is None:
+        raise ValueError("the feedback model's tokenizer has no chat template, which the feedback judge needs")
+    return FeedbackJudge(
+        OptionScorer(model, tokenizer, batch_size=args.batch_size),
+        load_constitution(constitution_path),
+        refusal_for=world.refusal_for if world is not None else generic_refusal,
+        num_principles=args.num_principles,
+        seed=args.seed,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
 # Parser
 
@@ -529,6 +630,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='print one line: {"accuracy": ..., "n": ...}')
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(handler=cmd_eval_hhh)
+
+    p = groups.add_parser(
+        "redteam",
+        help="search for attacks a model complies with: archive.jsonl, asr.json, asr.md and a heat map",
+        description="Mutate harmful prompts into attack styles, ask the target model in batches, judge the answers "
+        "and keep the most successful attack per (risk category, attack style) cell. Resumable: run it again with "
+        "the same -o to continue (a larger --max-queries continues a finished run).",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="the target model (a local directory)")
+    p.add_argument("--prompts", required=True, metavar="SOURCE", help="harmful prompts: a file, folder, or tiny:...")
+    p.add_argument("--world", metavar="CONFIG", help="a config with a world: section (e.g. a tiny recipe config)")
+    p.add_argument("--judge", choices=("refusal", "feedback"), default="refusal")
+    p.add_argument("--feedback-model", metavar="DIR", help="feedback judge: the model asked (default: --model)")
+    p.add_argument("--constitution", metavar="FILE", help="feedback judge: whose comparison questions are asked")
+    p.add_argument("--num-principles", type=int, default=2, help="feedback judge: principles sampled per answer")
+    p.add_argument("--max-queries", type=int, default=256, help="total target queries of the run (default 256)")
+    p.add_argument("--max-seconds", type=float, help="stop this invocation after S seconds")
+    p.add_argument("--batch-size", type=int, default=16, help="attacks per iteration (one generation batch)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--styles", metavar="A,B", help="attack styles to use (default: all)")
+    p.add_argument("--limit", type=int, help="use the first N prompts of the source")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.set_defaults(handler=cmd_redteam)
 
     parser.set_defaults(_usage=parser)
     cparser.set_defaults(_usage=cparser)
