@@ -227,6 +227,9 @@ def json_ready(value: Any) -> Any:
 # recipes/configs/cai_tiny.yaml, where each override says why.
 
 
+RED_TEAM = "red_team"  # ``red_team:<run dir>``: the successful attacks of an `align redteam` run
+
+
 @dataclass
 class PromptSource:
     """Where a stage's prompts (or pairs, or SFT conversations) come from: one setting for every source.
@@ -261,6 +264,8 @@ class PromptSource:
     def world(self) -> tuple[str, str] | None:
         """``(world name, selector)`` for a world source such as ``tiny:harmful/train``, else None."""
         head, sep, tail = self.path.partition(":")
+        if sep and head == RED_TEAM:  # a red-team run's archive (align/sources.py), not a world
+            return None
         if sep and head.isidentifier() and not tail.startswith("//") and not os.path.exists(self.path):
             return head, tail
         return None
