@@ -2,7 +2,10 @@
 
 ``align constitution ...`` covers the life of a constitution file: validate and lint it, show and hash
 it, diff two versions (also across git revisions), bump its version, check in CI that a content change
-came with a big enough bump, and move it to and from other projects' layouts.
+came with a big enough bump, move it to and from other projects' layouts, and propose an amended version from
+red-team evidence.
+
+``align redteam`` searches for attacks a model complies with (align/redteam/).
 
 ``align report RUN_DIR`` writes a run's report (markdown, HTML, plots) from its directory alone, and
 ``align runs compare A B`` puts two runs side by side, e.g. before and after a constitution edit.
@@ -185,6 +188,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         (_out if result.ok else _err)(("" if result.ok else "FAIL ") + result.message)
         failed |= not result.ok
     return 1 if failed else 0
+
+
+def cmd_propose(args: argparse.Namespace) -> int:
+    from align.redteam.propose import propose
+
+    if args.max_cells < 1 or args.max_new < 1:
+        raise ConstitutionError("--max-cells and --max-new must be >= 1")
+    result = propose(
+        args.file,
+        args.evidence,
+        args.output,
+        candidates_path=args.candidates,
+        max_cells=args.max_cells,
+        max_new=args.max_new,
+        force=args.force,
+    )
+    _out(f"{args.output}: {result['from']} -> {result['to']}")
+    _out(f"  worst cells: {'; '.join(result['worst_cells'])}")
+    for added in result["added"]:
+        _out(f"  added {added['id']} for {'; '.join(added['cells'])}")
+    _out(f"review it with: align constitution diff {args.file} {args.output}")
+    return 0
 
 
 def _default_name(out: str) -> str:
@@ -558,6 +583,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--against", default="HEAD", metavar="REV", help="git revision to compare with (default HEAD)")
     p.set_defaults(handler=cmd_check)
+
+    p = sub.add_parser(
+        "propose",
+        help="write an amended version that targets the cells a red-team run broke (for review)",
+        description="Rank the cells (risk category x attack style) of an `align redteam` run by attack success "
+        "rate and, for the worst, add the most specific new principle from a candidates file; the new version "
+        "(minor bump, changelog and comments citing the evidence) goes to OUT, never over FILE.",
+    )
+    p.add_argument("file", metavar="FILE", help="the constitution the red-teamed model was trained on")
+    p.add_argument("--evidence", required=True, metavar="RUN_DIR", help="an `align redteam` output directory")
+    p.add_argument(
+        "--candidates", metavar="FILE", help="candidate principles (default: constitutions/harmless-candidates.yaml)"
+    )
+    p.add_argument("--max-cells", type=int, default=3, help="how many of the worst cells to address (default 3)")
+    p.add_argument("--max-new", type=int, default=2, help="at most this many new principles (default 2)")
+    p.add_argument("-o", "--output", required=True, metavar="NEW.yaml")
+    p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.set_defaults(handler=cmd_propose)
 
     p = sub.add_parser("import", help="convert another project's constitution layout to ours")
     p.add_argument("file", metavar="FILE")
