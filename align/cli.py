@@ -594,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="the constitution the red-teamed model was trained on")
     p.add_argument("--evidence", required=True, metavar="RUN_DIR", help="an `align redteam` output directory")
     p.add_argument(
-        "--candidates", metavar="FILE", help="candidate principles (default: constitutions/harmless-candidates.yaml)"
+        "--candidates", metavar="FILE", help="candidate principles (default: constitutions/candidates/harmless.yaml)"
     )
     p.add_argument("--max-cells", type=int, default=3, help="how many of the worst cells to address (default 3)")
     p.add_argument("--max-new", type=int, default=2, help="at most this many new principles (default 2)")

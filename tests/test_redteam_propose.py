@@ -152,3 +152,15 @@ def test_clean_errors(tmp_path, capsys, case, message):
     assert message in capsys.readouterr().err
     if case == "exists":
         assert out.read_text() == "keep me"
+
+
+def test_shipped_candidates_cover_every_style_and_tiny_verb():
+    from align.redteam.mutations import STYLES
+    from align.redteam.propose import DEFAULT_CANDIDATES
+    from align.tiny.world import HARMFUL_VERBS
+
+    candidates = load_candidates(DEFAULT_CANDIDATES)
+    assert {s for c in candidates for s in c.styles} == set(STYLES)
+    assert set(HARMFUL_VERBS) <= {k for c in candidates for k in c.categories}
+    harmless = load_constitution(HARMLESS)
+    assert not {c.principle.id for c in candidates} & {p.id for p in harmless.principles}

@@ -38,7 +38,7 @@ from align.constitution.model import (
 from align.constitution.versions import bump_version
 from align.files import write_text_atomic
 
-DEFAULT_CANDIDATES = Path(__file__).resolve().parents[2] / "constitutions" / "harmless-candidates.yaml"
+DEFAULT_CANDIDATES = Path(__file__).resolve().parents[2] / "constitutions" / "candidates" / "harmless.yaml"
 
 
 @dataclass(frozen=True)
