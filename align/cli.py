@@ -195,6 +195,15 @@ def cmd_propose(args: argparse.Namespace) -> int:
 
     if args.max_cells < 1 or args.max_new < 1:
         raise ConstitutionError("--max-cells and --max-new must be >= 1")
+    scoring = None
+    if args.controls and not args.feedback_model:
+        raise ConstitutionError("--controls are scored by the feedback model: add --feedback-model DIR")
+    if args.feedback_model:
+        try:
+            scoring = _propose_scoring(args)
+        except ValueError as e:  # DataError and ConfigError are ValueErrors
+            _err(f"error: {e}")
+            return 2
     result = propose(
         args.file,
         args.evidence,
@@ -203,13 +212,45 @@ def cmd_propose(args: argparse.Namespace) -> int:
         max_cells=args.max_cells,
         max_new=args.max_new,
         force=args.force,
+        scoring=scoring,
     )
     _out(f"{args.output}: {result['from']} -> {result['to']}")
     _out(f"  worst cells: {'; '.join(result['worst_cells'])}")
     for added in result["added"]:
         _out(f"  added {added['id']} for {'; '.join(added['cells'])}")
+    for cid, score in sorted((result["scores"] or {}).items()):
+        controls = f", controls {score['controls']:.2f}" if "controls" in score else ""
+        _out(f"  candidate {cid}: evidence {score['evidence']:.2f} (n {score['n_evidence']:.0f}){controls}")
     _out(f"review it with: align constitution diff {args.file} {args.output}")
     return 0
+
+
+def _propose_scoring(args: argparse.Namespace) -> dict:
+    """The feedback model and what it compares against: the world's refusals and benign controls, or a generic
+    refusal and a ``--controls`` file of benign prompts with helpful responses."""
+    from align.config import RecipeConfig, load_config
+    from align.evaluation.judges import generic_refusal
+    from align.feedback.preferences import OptionScorer
+    from align.worlds import load_world
+
+    world = load_world(load_config(RecipeConfig, args.world)) if args.world else None
+    controls: list[tuple[str, str]] = []
+    if args.controls:
+        from align.evaluation.scoring import select_columns
+
+        rows = select_columns(args.controls)
+        controls = list(zip(rows.prompts, rows.responses))
+    elif world is not None:  # the world's helpful answers to benign requests, over its refusals
+        controls = [(p["prompt"][-1]["content"], p["chosen"][-1]["content"]) for p in world.pairs("helpfulness")]
+    model, tokenizer = _load_causal_lm(args.feedback_model)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"--feedback-model {args.feedback_model}: the tokenizer has no chat template")
+    return {
+        "scorer": OptionScorer(model, tokenizer, batch_size=16),
+        "refusal_for": world.refusal_for if world is not None else generic_refusal,
+        "controls": controls[: args.num_controls],
+        "seed": args.seed,
+    }
 
 
 def _default_name(out: str) -> str:
@@ -598,6 +639,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-cells", type=int, default=3, help="how many of the worst cells to address (default 3)")
     p.add_argument("--max-new", type=int, default=2, help="at most this many new principles (default 2)")
+    p.add_argument("--feedback-model", metavar="DIR", help="score candidates with this feedback model")
+    p.add_argument("--controls", metavar="FILE", help="benign prompt/response rows (CSV or JSONL) for the scores")
+    p.add_argument("--world", metavar="CONFIG", help="a config with a world: its refusals and benign controls")
+    p.add_argument("--num-controls", type=int, default=32, help="benign controls scored per candidate")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, metavar="NEW.yaml")
     p.add_argument("--force", action="store_true", help="overwrite OUT")
     p.set_defaults(handler=cmd_propose)

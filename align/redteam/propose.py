@@ -9,6 +9,12 @@ earlier pick already covers. The result is a new file, the input with the picks 
 bumped, with a comment above each added principle and a changelog entry that cite the evidence (cells, ASR,
 attempts), for a person to review and adopt; the input is never written.
 
+With a feedback model (``--feedback-model``) each candidate that fits a worst cell is also scored, as the feedback
+judge would use it: asked the candidate's own comparison question, how often does the model prefer a refusal
+over the archived failing responses of the cells it addresses (``evidence``, higher is better), and over
+helpful answers to benign controls (``controls``, a false alarm, lower is better)? A cell then gets the candidate
+with the best ``evidence - controls`` (specificity breaks ties), and the scores go into the changelog.
+
 Why a candidates file and not a model: the selection is what can be tested and trusted here (the tiny world's
 model cannot write principles); a model-drafted candidate can be added to the file and goes through the same
 selection.
@@ -132,21 +138,91 @@ def failing_cells(run_dir: str | os.PathLike) -> list[FailingCell]:
     return sorted(out, key=lambda c: (-c.asr, -c.successes, c.key))
 
 
-def select(
-    constitution: Constitution, candidates: list[Candidate], cells: list[FailingCell], *, max_cells: int, max_new: int
-) -> list[tuple[Candidate, list[FailingCell]]]:
-    """For the ``max_cells`` worst cells, the most specific new candidate per cell; each pick lists the failing
-    cells (of all of them) it addresses, which is the evidence cited for it."""
+def fresh_candidates(constitution: Constitution, candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates the constitution does not have yet (by id or by critique text)."""
     have = {p.id for p in constitution.principles} | {p.critique for p in constitution.principles}
-    fresh = [c for c in candidates if c.principle.id not in have and c.principle.critique not in have]
+    return [c for c in candidates if c.principle.id not in have and c.principle.critique not in have]
+
+
+def select(
+    constitution: Constitution,
+    candidates: list[Candidate],
+    cells: list[FailingCell],
+    *,
+    max_cells: int,
+    max_new: int,
+    scores: dict[str, dict[str, float]] | None = None,
+) -> list[tuple[Candidate, list[FailingCell]]]:
+    """For the ``max_cells`` worst cells, one new candidate per cell: the best scored (``evidence - controls``)
+    when ``scores`` are given, else the most specific. Each pick lists the failing cells (of all of them) it
+    addresses, which is the evidence cited for it."""
+    fresh = fresh_candidates(constitution, candidates)
     picks: list[Candidate] = []
+
+    def rank(candidate: Candidate, cell: FailingCell) -> tuple:
+        score = (scores or {}).get(candidate.principle.id)
+        net = score["evidence"] - score.get("controls", 0.0) if score else 0.0
+        return (-round(net, 6), candidate.specificity(cell.category, cell.style))
+
     for cell in cells[:max_cells]:
         if len(picks) >= max_new or any(p.addresses(cell.category, cell.style) for p in picks):
             continue
         matching = [c for c in fresh if c.addresses(cell.category, cell.style) and c not in picks]
         if matching:
-            picks.append(min(matching, key=lambda c: c.specificity(cell.category, cell.style)))
+            picks.append(min(matching, key=lambda c, cell=cell: rank(c, cell)))
     return [(p, [c for c in cells if p.addresses(c.category, c.style)]) for p in picks]
+
+
+def failing_attacks(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The archive's successful attacks (rows of ``archive.jsonl``), for scoring candidates on the evidence."""
+    path = Path(run_dir) / "archive.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError:
+        raise ConstitutionError(f"{path}: no archive to score candidates on") from None
+    except ValueError:
+        raise ConstitutionError(f"{path}: not an archive written by `align redteam`") from None
+    return [r for r in rows if r.get("success")]
+
+
+def score_candidates(
+    constitution: Constitution,
+    candidates: list[Candidate],
+    attacks: list[dict[str, Any]],
+    controls: list[tuple[str, str]],
+    scorer: Any,
+    refusal_for: Any,
+    *,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Each candidate's ``evidence`` (mean P(refusal better) over the failing responses of the cells it addresses)
+    and ``controls`` (the same over helpful answers to benign requests), asked its own comparison question in
+    both orders by the feedback model behind ``scorer``."""
+    from align.feedback.preferences import Pair, label_pairs
+
+    def mean_p_refusal(pairs: list[Pair], candidate: Candidate) -> float | None:
+        if not pairs:
+            return None
+        alone = dataclasses.replace(constitution, principles=(candidate.principle,))
+        rows = label_pairs(pairs, alone, scorer, num_principles=1, seed=seed, both_orders=True)
+        return sum(float(r["p_first_better"]) for r in rows) / len(rows)
+
+    control_pairs = [Pair(prompt, refusal_for(prompt), response) for prompt, response in controls]
+    out = {}
+    for candidate in candidates:
+        evidence = [
+            Pair(a["conversation"][-1]["content"], refusal_for(a.get("request", "")), a["response"])
+            for a in attacks
+            if candidate.addresses(str(a.get("category")), str(a.get("style")))
+        ]
+        score = mean_p_refusal(evidence, candidate)
+        if score is None:
+            continue
+        out[candidate.principle.id] = {"evidence": score, "n_evidence": float(len(evidence))}
+        control = mean_p_refusal(control_pairs, candidate)
+        if control is not None:
+            out[candidate.principle.id].update(controls=control, n_controls=float(len(control_pairs)))
+    return out
 
 
 def _insert_principles(text: str, principles: list[tuple[Principle, list[str]]]) -> str:
@@ -224,8 +300,12 @@ def propose(
     max_cells: int = 3,
     max_new: int = 2,
     force: bool = False,
+    scoring: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the amended constitution to ``output`` (never over the input); returns what was chosen and why."""
+    """Write the amended constitution to ``output`` (never over the input); returns what was chosen and why.
+
+    ``scoring`` (``{"scorer", "refusal_for", "controls", "seed"}``) scores the candidates with a feedback model.
+    """
     if Path(output).resolve() == Path(constitution_path).resolve():
         raise ConstitutionError("the output must be a new file; propose never overwrites the constitution it reads")
     if Path(output).exists() and not force:
@@ -235,19 +315,46 @@ def propose(
     cells = failing_cells(run_dir)
     if not cells:
         raise ConstitutionError(f"{run_dir}: the red-team run found no successful attacks; nothing to amend")
-    picks = select(old, candidates, cells, max_cells=max_cells, max_new=max_new)
+    scores = None
+    if scoring is not None:
+        worst = cells[:max_cells]
+        fitting = [c for c in fresh_candidates(old, candidates) if any(c.addresses(x.category, x.style) for x in worst)]
+        scores = score_candidates(
+            old,
+            fitting,
+            failing_attacks(run_dir),
+            scoring.get("controls", []),
+            scoring["scorer"],
+            scoring["refusal_for"],
+            seed=scoring.get("seed", 0),
+        )
+    picks = select(old, candidates, cells, max_cells=max_cells, max_new=max_new, scores=scores)
     if not picks:
         worst = ", ".join(c.key for c in cells[:max_cells])
         raise ConstitutionError(f"no new candidate addresses the worst cells ({worst}); add candidates for them")
+
+    def scored(candidate: Candidate) -> str:
+        score = (scores or {}).get(candidate.principle.id)
+        if not score:
+            return ""
+        controls = f", controls {score['controls']:.2f}" if "controls" in score else ""
+        return f" (feedback model prefers a refusal: evidence {score['evidence']:.2f}{controls})"
+
     message = "Red-team amendment from {}: {}".format(
         Path(run_dir).name or run_dir,
-        "; ".join(f"added {c.principle.id} for {', '.join(x.describe() for x in cells_)}" for c, cells_ in picks),
+        "; ".join(
+            f"added {c.principle.id} for {', '.join(x.describe() for x in cells_)}{scored(c)}" for c, cells_ in picks
+        ),
     )
     text, new = amended_text(constitution_path, old, picks, str(run_dir), message)
     write_text_atomic(output, text)
     return {
         "from": old.identity,
         "to": new.identity,
-        "added": [{"id": c.principle.id, "cells": [x.describe() for x in cells_]} for c, cells_ in picks],
+        "added": [
+            {"id": c.principle.id, "cells": [x.describe() for x in cells_], "score": (scores or {}).get(c.principle.id)}
+            for c, cells_ in picks
+        ],
+        "scores": scores,
         "worst_cells": [c.describe() for c in cells[:max_cells]],
     }
