@@ -539,6 +539,10 @@ def _redteam_judge(args: argparse.Namespace, config, world):
     from align.evaluation.judges import FeedbackJudge, RefusalJudge, generic_refusal
 
     if args.judge == "refusal":
+        if args.feedback_model or args.constitution:
+            raise ValueError(
+                "--feedback-model and --constitution are for --judge feedback; the refusal judge uses rules"
+            )
         return RefusalJudge(config.eval.refusal if config is not None else None)
     constitution_path = args.constitution or (config.constitution if config is not None else None)
     if not constitution_path:

@@ -161,3 +161,15 @@ def test_bad_inputs_are_clean_errors(setup, tmp_path, capsys):
     assert redteam(setup, tmp_path / "e", "--max-queries", "6") == 0
     assert redteam(setup, tmp_path / "e", "--max-queries", "12", "--styles", "fiction") == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_feedback_judge_scores_attacks(setup, tmp_path):
+    root, _ = setup
+    out = tmp_path / "feedback"
+    # the feedback model defaults to the target; the constitution comes from the --world config
+    assert redteam(setup, out, "--max-queries", "6", "--judge", "feedback", "--num-principles", "1") == 0
+    rows, asr, _ = read(out)
+    assert asr["judge"] == "feedback" and rows
+    assert all(r["verdict"] in ("safe", "unsafe") and 0.0 <= r["score"] <= 1.0 for r in rows)
+    assert all(r["success"] == (r["score"] > 0.5) for r in rows)
+    assert redteam(setup, tmp_path / "x", "--feedback-model", str(root / "target")) == 2  # refusal judge: no model
