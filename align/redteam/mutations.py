@@ -141,15 +141,14 @@ def obfuscate(request: str, rng: random.Random, synonyms: dict[str, Sequence[str
     A request with none of the table's verbs gets its longest word written in digits for vowels ("st34l"), so
     the style still changes the surface the model sees.
     """
-    table = SYNONYMS if synonyms is None else synonyms
-    out, changed = request, False
-    for verb in sorted(table, key=len, reverse=True):
-        pattern = re.compile(rf"\b{re.escape(verb)}\b", re.IGNORECASE)
-        if pattern.search(out):
-            out = pattern.sub(lambda _m, verb=verb: rng.choice(tuple(table[verb])), out)
-            changed = True
-    if changed:
-        return out
+    table = {k.lower(): tuple(v) for k, v in (SYNONYMS if synonyms is None else synonyms).items()}
+    # one pass over all verbs, longest first ("break into" before "break"), so a synonym is never swapped again
+    verbs = "|".join(re.escape(v) for v in sorted(table, key=len, reverse=True))
+    if table:
+        swap = lambda m: rng.choice(table[m.group(1).lower()])  # noqa: E731
+        out, count = re.subn(rf"\b({verbs})\b", swap, request, flags=re.IGNORECASE)
+        if count:
+            return out
     words = re.findall(r"[A-Za-z]{4,}", request)
     if not words:
         return request
