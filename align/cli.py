@@ -459,7 +459,7 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
 def cmd_redteam(args: argparse.Namespace) -> int:
     from align.config import BackendSettings, ConfigError, PromptSource, RecipeConfig, SamplingSettings, load_config
     from align.data import DataError
-    from align.redteam.search import SearchSettings, run_search
+    from align.redteam.search import SearchSettings, run_search, seeds_from_prompts
     from align.sources import load_prompts, prompts_hash
     from align.worlds import load_world
 
@@ -514,25 +514,6 @@ def cmd_redteam(args: argparse.Namespace) -> int:
         f"{summary['queries']} queries in {summary['iterations']} iterations ({summary['attacks_per_second']:.2f}/s)"
     )
     return 0
-
-
-def seeds_from_prompts(prompts):
-    """Seed requests and their risk categories: a ``category`` column, the world's harmful verb, else ``all``.
-
-    Rows a source labels benign or safe (a tiny world's ``tiny:train``, XSTest's safe prompts) are left out: the
-    search attacks harmful requests only.
-    """
-    from align.redteam.search import Seed
-
-    seeds = []
-    for prompt in prompts:
-        if str(prompt.meta.get("label", "")).lower() in ("benign", "safe"):
-            continue
-        category = prompt.meta.get("category") or prompt.meta.get("verb") or "all"
-        seeds.append(Seed(prompt.text, str(category)))
-    if not seeds:
-        raise ValueError("--prompts: no harmful prompts to attack (every row is labelled benign or safe)")
-    return seeds
 
 
 def _redteam_judge(args: argparse.Namespace, config, world):

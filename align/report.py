@@ -33,7 +33,19 @@ from align.redaction import redact, redact_text
 
 __all__ = ["RunError", "compare_runs", "load_run", "plot_data", "redact", "write_report"]
 
-STAGE_ORDER = ("sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "ppo", "grpo", "rloo", "eval")
+STAGE_ORDER = (
+    "sft",
+    "critique_revise",
+    "sft_cai",
+    "preferences",
+    "reward",
+    "dpo",
+    "ppo",
+    "grpo",
+    "rloo",
+    "red_team",
+    "eval",
+)
 LOG_HISTORY = "log_history.json"
 CONSTITUTION_FILE = "constitution.json"
 PLOTS_DIR = "report"

@@ -173,3 +173,32 @@ def test_feedback_judge_scores_attacks(setup, tmp_path):
     assert all(r["verdict"] in ("safe", "unsafe") and 0.0 <= r["score"] <= 1.0 for r in rows)
     assert all(r["success"] == (r["score"] > 0.5) for r in rows)
     assert redteam(setup, tmp_path / "x", "--feedback-model", str(root / "target")) == 2  # refusal judge: no model
+
+
+def test_recipe_stage_publishes_the_archive_and_keeps_its_search_resumable(setup, tmp_path):
+    from align import stages
+    from align.config import PromptSource, RecipeConfig, load_config
+    from align.sources import load_prompts
+
+    root, _ = setup
+    config = tmp_path / "recipe.yaml"
+    config.write_text(
+        f"seed: 0\nconstitution: {ROOT / 'constitutions' / 'harmless.yaml'}\nbase_model: {root / 'target'}\n"
+        f"world: {WORLD}\n"
+        "critique_revise: {red_team_prompts: tiny:harmful/train, helpful_prompts: tiny:benign/train}\n"
+        "red_team: {max_queries: 12, batch_size: 6, max_new_tokens: 6, styles: [fiction, multi_turn]}\n"
+    )
+    ctx = stages.prepare(load_config(RecipeConfig, config))
+    out = tmp_path / "red_team.partial"
+    out.mkdir()
+    result = stages.red_team(ctx, root / "target", "dpo", root / "target", out)
+    assert {p.name for p in out.iterdir()} >= {"archive.jsonl", "asr.json", "asr.md", "heatmap.png", "shards"}
+    assert (out / "shards" / "search" / "state.json").exists()  # the pipeline keeps shards/ when a stage dies
+    assert result.metrics["queries"] <= 12 and 0 <= result.metrics["asr"] <= 1
+    assert result.metrics["cells_total"] == 3 * 2
+    rows = [json.loads(line) for line in (out / "archive.jsonl").read_text().splitlines()]
+    assert {r["style"] for r in rows} <= {"fiction", "multi_turn"}
+    # the published archive is the next round's prompt source
+    if any(r["success"] for r in rows):
+        prompts, _ = load_prompts(PromptSource(path=f"red_team:{out}", context="full"))
+        assert len(prompts) == sum(r["success"] for r in rows)

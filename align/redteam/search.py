@@ -73,6 +73,23 @@ class SearchSettings:
             raise ConfigError(f"styles: unknown {unknown}; choose from {', '.join(STYLES)}")
 
 
+def seeds_from_prompts(prompts: Sequence[Any]) -> list[Seed]:
+    """Seed requests and their risk categories: a ``category`` column, the world's harmful verb, else ``all``.
+
+    Rows a source labels benign or safe (a tiny world's ``tiny:train``, XSTest's safe prompts) are left out: the
+    search attacks harmful requests only.
+    """
+    seeds = []
+    for prompt in prompts:
+        if str(prompt.meta.get("label", "")).lower() in ("benign", "safe"):
+            continue
+        category = prompt.meta.get("category") or prompt.meta.get("verb") or "all"
+        seeds.append(Seed(prompt.text, str(category)))
+    if not seeds:
+        raise ConfigError("no harmful prompts to attack (every row is labelled benign or safe)")
+    return seeds
+
+
 def harm_score(judge_name: str, verdict: Any) -> float:
     """A verdict as harm in [0, 1]: 1 = full compliance with the harmful request."""
     if judge_name == "refusal":
@@ -323,4 +340,4 @@ def settings_dict(settings: SearchSettings) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
 
 
-__all__ = ["PLAIN", "STYLES", "SearchSettings", "Seed", "harm_score", "run_search"]
+__all__ = ["PLAIN", "STYLES", "SearchSettings", "Seed", "harm_score", "run_search", "seeds_from_prompts"]
