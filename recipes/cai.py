@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
         red_inputs = {
             "model": tuned.output_id,
             "prompts": ctx.fingerprint("red_team.prompts") or ctx.fingerprint("critique_revise.red_team_prompts"),
-            "judge": [sft.output_id, constitution.identity] if cfg.red_team.judge == "feedback" else "refusal",
+            "judge": [cfg.eval.feedback_model or sft.output_id, constitution.identity]
+            if cfg.red_team.judge == "feedback"
+            else "refusal",
         }
         with run.stage("red_team", config=to_dict(cfg.red_team), inputs=red_inputs) as red:
             if not red.done:
