@@ -198,7 +198,16 @@ def test_recipe_stage_publishes_the_archive_and_keeps_its_search_resumable(setup
     assert result.metrics["cells_total"] == 3 * 2
     rows = [json.loads(line) for line in (out / "archive.jsonl").read_text().splitlines()]
     assert {r["style"] for r in rows} <= {"fiction", "multi_turn"}
-    # the published archive is the next round's prompt source
-    if any(r["success"] for r in rows):
-        prompts, _ = load_prompts(PromptSource(path=f"red_team:{out}", context="full"))
-        assert len(prompts) == sum(r["success"] for r in rows)
+    # the published archive is the next round's prompt source (the random model's noise has no refusal phrase, so
+    # the rule judge counts it as compliance: there are successes)
+    assert any(r["success"] for r in rows)
+    prompts, _ = load_prompts(PromptSource(path=f"red_team:{out}", context="full"))
+    assert len(prompts) == sum(r["success"] for r in rows)
+    # ... and a recipe reads it as its red-team prompts, checked before any stage runs
+    text = config.read_text().replace(
+        "red_team_prompts: tiny:harmful/train",
+        "red_team_prompts: " + json.dumps({"path": f"red_team:{out}", "context": "full"}),
+    )
+    config.write_text(text)
+    again = stages.prepare(load_config(RecipeConfig, config))
+    assert [p.messages for p in again.prompts("critique_revise.red_team_prompts")] == [p.messages for p in prompts]
