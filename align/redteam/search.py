@@ -263,7 +263,8 @@ def write_outputs(
         iterations=state.iteration,
         queries=state.queries,
         seconds=round(state.seconds, 3),
-        attacks_per_second=round(state.queries / state.seconds, 3) if state.seconds > 0 else 0.0,
+        # attacks judged per second of search (generation and judging; a multi-turn attack is one attack)
+        attacks_per_second=round(summary["overall"]["attempts"] / state.seconds, 3) if state.seconds > 0 else 0.0,
     )
     precision = reference_precision(state.archive, reference)
     if precision is not None:
