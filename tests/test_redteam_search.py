@@ -211,3 +211,18 @@ def test_recipe_stage_publishes_the_archive_and_keeps_its_search_resumable(setup
     config.write_text(text)
     again = stages.prepare(load_config(RecipeConfig, config))
     assert [p.messages for p in again.prompts("critique_revise.red_team_prompts")] == [p.messages for p in prompts]
+
+
+def test_red_team_section_is_checked_and_a_dry_run_caps_it(tmp_path):
+    from align.config import RecipeConfig, apply_limit, load_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("red_team: {prompts: data/red.jsonl, max_queries: 500, styles: [fiction]}\n")
+    loaded = load_config(RecipeConfig, config)
+    assert loaded.sources()["red_team.prompts"].path == "data/red.jsonl"
+    limited = apply_limit(loaded, 8)
+    assert limited.red_team.max_queries == 8 and limited.red_team.prompts.limit == 8
+    assert "red_team.prompts" not in load_config(RecipeConfig, None).sources()  # no section, no stage
+    config.write_text("red_team: {styles: [telepathy]}\n")
+    with pytest.raises(ConfigError, match="telepathy"):
+        load_config(RecipeConfig, config)
