@@ -2,7 +2,10 @@
 
 ``align constitution ...`` covers the life of a constitution file: validate and lint it, show and hash
 it, diff two versions (also across git revisions), bump its version, check in CI that a content change
-came with a big enough bump, and move it to and from other projects' layouts.
+came with a big enough bump, move it to and from other projects' layouts, and propose an amended version from
+red-team evidence.
+
+``align redteam`` searches for attacks a model complies with (align/redteam/).
 
 ``align report RUN_DIR`` writes a run's report (markdown, HTML, plots) from its directory alone, and
 ``align runs compare A B`` puts two runs side by side, e.g. before and after a constitution edit.
@@ -185,6 +188,69 @@ def cmd_check(args: argparse.Namespace) -> int:
         (_out if result.ok else _err)(("" if result.ok else "FAIL ") + result.message)
         failed |= not result.ok
     return 1 if failed else 0
+
+
+def cmd_propose(args: argparse.Namespace) -> int:
+    from align.redteam.propose import propose
+
+    if args.max_cells < 1 or args.max_new < 1:
+        raise ConstitutionError("--max-cells and --max-new must be >= 1")
+    scoring = None
+    if args.controls and not args.feedback_model:
+        raise ConstitutionError("--controls are scored by the feedback model: add --feedback-model DIR")
+    if args.feedback_model:
+        try:
+            scoring = _propose_scoring(args)
+        except ValueError as e:  # DataError and ConfigError are ValueErrors
+            _err(f"error: {e}")
+            return 2
+    result = propose(
+        args.file,
+        args.evidence,
+        args.output,
+        candidates_path=args.candidates,
+        max_cells=args.max_cells,
+        max_new=args.max_new,
+        force=args.force,
+        scoring=scoring,
+    )
+    _out(f"{args.output}: {result['from']} -> {result['to']}")
+    _out(f"  worst cells: {'; '.join(result['worst_cells'])}")
+    for added in result["added"]:
+        _out(f"  added {added['id']} for {'; '.join(added['cells'])}")
+    for cid, score in sorted((result["scores"] or {}).items()):
+        controls = f", controls {score['controls']:.2f}" if "controls" in score else ""
+        _out(f"  candidate {cid}: evidence {score['evidence']:.2f} (n {score['n_evidence']:.0f}){controls}")
+    _out(f"review it with: align constitution diff {args.file} {args.output}")
+    return 0
+
+
+def _propose_scoring(args: argparse.Namespace) -> dict:
+    """The feedback model and what it compares against: the world's refusals and benign controls, or a generic
+    refusal and a ``--controls`` file of benign prompts with helpful responses."""
+    from align.config import RecipeConfig, load_config
+    from align.evaluation.judges import generic_refusal
+    from align.feedback.preferences import OptionScorer
+    from align.worlds import load_world
+
+    world = load_world(load_config(RecipeConfig, args.world)) if args.world else None
+    controls: list[tuple[str, str]] = []
+    if args.controls:
+        from align.evaluation.scoring import select_columns
+
+        rows = select_columns(args.controls)
+        controls = list(zip(rows.prompts, rows.responses))
+    elif world is not None:  # the world's helpful answers to benign requests, over its refusals
+        controls = [(p["prompt"][-1]["content"], p["chosen"][-1]["content"]) for p in world.pairs("helpfulness")]
+    model, tokenizer = _load_causal_lm(args.feedback_model)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"--feedback-model {args.feedback_model}: the tokenizer has no chat template")
+    return {
+        "scorer": OptionScorer(model, tokenizer, batch_size=16),
+        "refusal_for": world.refusal_for if world is not None else generic_refusal,
+        "controls": controls[: args.num_controls],
+        "seed": args.seed,
+    }
 
 
 def _default_name(out: str) -> str:
@@ -390,6 +456,92 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_redteam(args: argparse.Namespace) -> int:
+    from align.config import BackendSettings, ConfigError, PromptSource, RecipeConfig, SamplingSettings, load_config
+    from align.data import DataError
+    from align.redteam.search import SearchSettings, run_search, seeds_from_prompts
+    from align.sources import load_prompts, prompts_hash
+    from align.worlds import load_world
+
+    out = Path(args.output)
+    try:
+        if not Path(args.model).is_dir():
+            raise ConfigError(f"--model {args.model}: not a directory (give the target model's folder)")
+        config = load_config(RecipeConfig, args.world) if args.world else None
+        world = load_world(config) if config is not None else None
+        source = PromptSource(path=args.prompts, limit=args.limit)
+        prompts, _ = load_prompts(source, world, "--prompts")
+        seeds = seeds_from_prompts(prompts)
+        styles = tuple(s.strip() for s in args.styles.split(",")) if args.styles else None
+        settings = SearchSettings(
+            max_queries=args.max_queries,
+            max_seconds=args.max_seconds,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            **({"styles": styles} if styles else {}),
+        )
+        judge = _redteam_judge(args, config, world)
+        from align.generation import build_backend
+
+        backend = build_backend(BackendSettings(), args.model, name="target", run_model=True)
+        sampling = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=0.0, batch_size=args.batch_size)
+
+        def target(conversations: list) -> list[str]:
+            return backend.generate(conversations, sampling, args.seed, "red team")
+
+        fingerprint = {
+            "model": str(Path(args.model).resolve()),
+            "prompts": prompts_hash(prompts),
+            "judge": args.judge,
+            "max_new_tokens": args.max_new_tokens,
+        }
+        reference = world.reference_judge() if world is not None else None
+        from align.generation.base import generation_meter
+
+        with generation_meter("red team"):  # one throughput line for the whole search, not one per batch
+            summary = run_search(
+                seeds, target, judge, out, settings, fingerprint=fingerprint, reference=reference, log=_err
+            )
+    except (ConfigError, DataError, ValueError) as e:
+        _err(f"error: {e}")
+        return 2
+    overall = summary["overall"]
+    _out((out / "asr.md").read_text().rstrip())
+    _out()
+    _out(
+        f"{out}: archive.jsonl, asr.json, asr.md{', heatmap.png' if (out / 'heatmap.png').exists() else ''}, "
+        f"state.json; ASR {overall['asr']:.3f} over {_count(overall['attempts'], 'attack')}, "
+        f"{summary['queries']} queries in {summary['iterations']} iterations ({summary['attacks_per_second']:.2f}/s)"
+    )
+    return 0
+
+
+def _redteam_judge(args: argparse.Namespace, config, world):
+    from align.evaluation.judges import FeedbackJudge, RefusalJudge, generic_refusal
+
+    if args.judge == "refusal":
+        if args.feedback_model or args.constitution:
+            raise ValueError(
+                "--feedback-model and --constitution are for --judge feedback; the refusal judge uses rules"
+            )
+        return RefusalJudge(config.eval.refusal if config is not None else None)
+    constitution_path = args.constitution or (config.constitution if config is not None else None)
+    if not constitution_path:
+        raise ValueError("--judge feedback needs --constitution FILE (or a --world config that names one)")
+    from align.feedback.preferences import OptionScorer
+
+    model, tokenizer = _load_causal_lm(args.feedback_model or args.model)
+    if tokenizer.chat_template is None:
+        raise ValueError("the feedback model's tokenizer has no chat template, which the feedback judge needs")
+    return FeedbackJudge(
+        OptionScorer(model, tokenizer, batch_size=args.batch_size),
+        load_constitution(constitution_path),
+        refusal_for=world.refusal_for if world is not None else generic_refusal,
+        num_principles=args.num_principles,
+        seed=args.seed,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
 # Parser
 
@@ -457,6 +609,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--against", default="HEAD", metavar="REV", help="git revision to compare with (default HEAD)")
     p.set_defaults(handler=cmd_check)
+
+    p = sub.add_parser(
+        "propose",
+        help="write an amended version that targets the cells a red-team run broke (for review)",
+        description="Rank the cells (risk category x attack style) of an `align redteam` run by attack success "
+        "rate and, for the worst, add the most specific new principle from a candidates file; the new version "
+        "(minor bump, changelog and comments citing the evidence) goes to OUT, never over FILE.",
+    )
+    p.add_argument("file", metavar="FILE", help="the constitution the red-teamed model was trained on")
+    p.add_argument("--evidence", required=True, metavar="RUN_DIR", help="an `align redteam` output directory")
+    p.add_argument(
+        "--candidates", metavar="FILE", help="candidate principles (default: constitutions/candidates/harmless.yaml)"
+    )
+    p.add_argument("--max-cells", type=int, default=3, help="how many of the worst cells to address (default 3)")
+    p.add_argument("--max-new", type=int, default=2, help="at most this many new principles (default 2)")
+    p.add_argument("--feedback-model", metavar="DIR", help="score candidates with this feedback model")
+    p.add_argument("--controls", metavar="FILE", help="benign prompt/response rows (CSV or JSONL) for the scores")
+    p.add_argument("--world", metavar="CONFIG", help="a config with a world: its refusals and benign controls")
+    p.add_argument("--num-controls", type=int, default=32, help="benign controls scored per candidate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, metavar="NEW.yaml")
+    p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.set_defaults(handler=cmd_propose)
 
     p = sub.add_parser("import", help="convert another project's constitution layout to ours")
     p.add_argument("file", metavar="FILE")
@@ -529,6 +704,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='print one line: {"accuracy": ..., "n": ...}')
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(handler=cmd_eval_hhh)
+
+    p = groups.add_parser(
+        "redteam",
+        help="search for attacks a model complies with: archive.jsonl, asr.json, asr.md and a heat map",
+        description="Mutate harmful prompts into attack styles, ask the target model in batches, judge the answers "
+        "and keep the most successful attack per (risk category, attack style) cell. Resumable: run it again with "
+        "the same -o to continue (a larger --max-queries continues a finished run).",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="the target model (a local directory)")
+    p.add_argument("--prompts", required=True, metavar="SOURCE", help="harmful prompts: a file, folder, or tiny:...")
+    p.add_argument("--world", metavar="CONFIG", help="a config with a world: section (e.g. a tiny recipe config)")
+    p.add_argument("--judge", choices=("refusal", "feedback"), default="refusal")
+    p.add_argument("--feedback-model", metavar="DIR", help="feedback judge: the model asked (default: --model)")
+    p.add_argument("--constitution", metavar="FILE", help="feedback judge: whose comparison questions are asked")
+    p.add_argument("--num-principles", type=int, default=2, help="feedback judge: principles sampled per answer")
+    p.add_argument("--max-queries", type=int, default=256, help="total target queries of the run (default 256)")
+    p.add_argument("--max-seconds", type=float, help="stop this invocation after S seconds")
+    p.add_argument("--batch-size", type=int, default=16, help="attacks per iteration (one generation batch)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--styles", metavar="A,B", help="attack styles to use (default: all)")
+    p.add_argument("--limit", type=int, help="use the first N prompts of the source")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.set_defaults(handler=cmd_redteam)
 
     parser.set_defaults(_usage=parser)
     cparser.set_defaults(_usage=cparser)

@@ -227,6 +227,9 @@ def json_ready(value: Any) -> Any:
 # recipes/configs/cai_tiny.yaml, where each override says why.
 
 
+RED_TEAM = "red_team"  # ``red_team:<run dir>``: the successful attacks of an `align redteam` run
+
+
 @dataclass
 class PromptSource:
     """Where a stage's prompts (or pairs, or SFT conversations) come from: one setting for every source.
@@ -261,6 +264,8 @@ class PromptSource:
     def world(self) -> tuple[str, str] | None:
         """``(world name, selector)`` for a world source such as ``tiny:harmful/train``, else None."""
         head, sep, tail = self.path.partition(":")
+        if sep and head == RED_TEAM:  # a red-team run's archive (align/sources.py), not a world
+            return None
         if sep and head.isidentifier() and not tail.startswith("//") and not os.path.exists(self.path):
             return head, tail
         return None
@@ -814,6 +819,37 @@ class EvalConfig:
 
 
 @dataclass
+class RedTeamStageConfig:
+    """Automated red teaming of the optimiser's model, after the optimiser stage (align/redteam/).
+
+    Attack styles mutate the harmful ``prompts`` (default: ``critique_revise.red_team_prompts``, the requests the
+    model was trained to refuse), a Rainbow-style archive keeps the most harmful attack per (risk category, attack
+    style) cell, and the stage publishes ``archive.jsonl``, ``asr.json``, ``asr.md`` and ``heatmap.png``. The
+    archive's successes are a prompt source for the next round: ``red_team:runs/<name>/red_team``.
+    """
+
+    prompts: PromptSource | None = None
+    max_queries: int = 256  # target queries in all (a multi-turn attack costs two)
+    max_seconds: float | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 48
+    judge: Literal["refusal", "feedback"] = "refusal"  # feedback: the feedback model, as eval.feedback_model
+    styles: list[str] | None = None  # None = every style
+    num_principles: int = 2  # feedback judge: principles sampled per answer
+
+    def __post_init__(self) -> None:
+        if self.max_queries < 1 or self.batch_size < 1 or self.max_new_tokens < 1 or self.num_principles < 1:
+            raise ConfigError("max_queries, batch_size, max_new_tokens and num_principles must be >= 1")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ConfigError("max_seconds must be > 0")
+        from align.redteam.mutations import STYLES
+
+        unknown = [s for s in self.styles or [] if s not in STYLES]
+        if unknown:
+            raise ConfigError(f"styles: unknown {unknown}; choose from {', '.join(STYLES)}")
+
+
+@dataclass
 class RecipeConfig:
     """The whole CAI chain: sft -> critique_revise -> sft_cai -> preferences -> reward -> dpo|ppo|grpo|rloo -> eval."""
 
@@ -841,6 +877,8 @@ class RecipeConfig:
     ppo: PPOStageConfig = dataclasses.field(default_factory=PPOStageConfig)
     grpo: GRPOStageConfig = dataclasses.field(default_factory=GRPOStageConfig)
     rloo: RLOOStageConfig = dataclasses.field(default_factory=RLOOStageConfig)
+    # Red teaming of the optimiser's model (None: no red_team stage); its archive feeds the next round.
+    red_team: RedTeamStageConfig | None = None
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
@@ -861,6 +899,7 @@ class RecipeConfig:
             "eval.benign_prompts": self.eval.benign_prompts,
             "eval.over_refusal": self.eval.over_refusal,
             "eval.hhh": self.eval.hhh,
+            "red_team.prompts": self.red_team.prompts if self.red_team is not None else None,
         }
         return {field: source for field, source in found.items() if source is not None}
 
@@ -898,4 +937,7 @@ def apply_limit(config: RecipeConfig, limit: int) -> RecipeConfig:
         section = getattr(config, name)
         setattr(config, name, dataclasses.replace(steps(section), prompts=cap(section.prompts)))
     config.ppo = dataclasses.replace(config.ppo, steps=min(config.ppo.steps, limit), prompts=cap(config.ppo.prompts))
+    if config.red_team is not None:
+        rt = config.red_team
+        config.red_team = dataclasses.replace(rt, prompts=cap(rt.prompts), max_queries=min(rt.max_queries, limit))
     return config

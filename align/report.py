@@ -33,7 +33,19 @@ from align.redaction import redact, redact_text
 
 __all__ = ["RunError", "compare_runs", "load_run", "plot_data", "redact", "write_report"]
 
-STAGE_ORDER = ("sft", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "ppo", "grpo", "rloo", "eval")
+STAGE_ORDER = (
+    "sft",
+    "critique_revise",
+    "sft_cai",
+    "preferences",
+    "reward",
+    "dpo",
+    "ppo",
+    "grpo",
+    "rloo",
+    "red_team",
+    "eval",
+)
 LOG_HISTORY = "log_history.json"
 CONSTITUTION_FILE = "constitution.json"
 PLOTS_DIR = "report"
@@ -659,6 +671,11 @@ def _report_doc(run: RunDir, prev: RunDir | None, plots: dict[str, Path], sample
         doc.heading(2, "Worst failures")
         _failures_section(doc, run, FAILURES_PER_MODEL)
 
+    red = _read_json(run.path / "red_team" / "asr.json")
+    if isinstance(red, dict) and isinstance(red.get("cells"), dict):
+        doc.heading(2, "Red teaming")
+        _red_team_section(doc, run, red)
+
     doc.heading(2, "Training loss")
     if "training_loss" in plots:
         doc.image("training loss per stage", f"{PLOTS_DIR}/training_loss.png")
@@ -681,6 +698,34 @@ def _report_doc(run: RunDir, prev: RunDir | None, plots: dict[str, Path], sample
         config = json.dumps(redact(m.get("config", {})), indent=2, sort_keys=True, default=str)
         doc.pre(config, summary=stage)
     return doc
+
+
+def _red_team_section(doc: Doc, run: RunDir, red: dict[str, Any]) -> None:
+    """The red_team stage's attack success rates: overall, then per (category, style) cell, and its heat map."""
+    overall = _dict(red.get("overall"))
+    attacks = f"{overall.get('successes', '?')} of {overall.get('attempts', '?')} attacks"
+    line = (
+        f"ASR {_num(overall.get('asr'), 2)} ({attacks}, judge: {red.get('judge', '?')}); "
+        f"{red.get('cells_filled', '?')} of {red.get('cells_total', '?')} cells hold a successful attack; "
+        f"{red.get('queries', '?')} queries, {_num(red.get('attacks_per_second'), 2)} attacks/s."
+    )
+    precision = _dict(red.get("judge_precision"))
+    if precision:
+        confirmed = _num(precision.get("precision"), 2)
+        line += f" The reference judge confirms {confirmed} of the {precision.get('n')} archived successes."
+    doc.para(line)
+    styles = sorted({str(_dict(c).get("style")) for c in red["cells"].values()})
+    categories = sorted({str(_dict(c).get("category")) for c in red["cells"].values()})
+    rows = []
+    for category in categories:
+        row = [category]
+        for style in styles:
+            cell = _dict(red["cells"].get(f"{category}|{style}"))
+            row.append(f"{_num(cell.get('asr'), 2)} ({cell.get('attempts')})" if cell else "-")
+        rows.append(row)
+    doc.table(["category", *styles], rows, "l" + "r" * len(styles))
+    if (run.path / "red_team" / "heatmap.png").exists():
+        doc.image("red-team ASR per category and attack style", "red_team/heatmap.png")
 
 
 SUITE_TITLES = {

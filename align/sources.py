@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from align.config import PromptSource
+from align.config import RED_TEAM, PromptSource
 from align.data import DataError, conversation_from_row, load_preference_pairs, load_records, prompt_column
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ def load_prompts(source: PromptSource, world: World | None = None, where: str = 
     broken row is an error, not a smaller prompt set. Returns the prompts and ``{"rows", "duplicates_dropped"}``.
     """
     where = where or source.path
+    if source.path.startswith(f"{RED_TEAM}:"):
+        return _dedupe(red_team_prompts(source, where), source.limit)
     if source.world() is not None:
         owner, selector = _world_for(source, world, where)
         rows = owner.prompts(selector)
@@ -82,6 +84,58 @@ def load_prompts(source: PromptSource, world: World | None = None, where: str = 
             yield Prompt(tuple(messages), {**meta, "row": i})
 
     return _dedupe(read(), source.limit)
+
+
+def red_team_prompts(source: PromptSource, where: str = "") -> list[Prompt]:
+    """The successful attacks of an ``align redteam`` run (``red_team:<run dir>``), as prompts to train on.
+
+    Why: the attacks a model fell for are the prompts its next critique-revise round most needs, in the style and
+    turns that broke it. ``context: full`` keeps a multi-turn attack's whole conversation (the earlier turns and
+    the target's own reply); the default keeps only the turn that carries the request, the last user turn (a
+    multi-turn attack's *first* turn is its harmless opener). Meta says the cell (category, style) and score.
+    """
+    from pathlib import Path
+
+    where = where or source.path
+    folder = Path(source.path[len(RED_TEAM) + 1 :])
+    archive = folder / "archive.jsonl"
+    if not archive.is_file():
+        raise DataError(f"{where}: {source.path}: no archive.jsonl in {folder} (make one with `align redteam -o DIR`)")
+    prompts = []
+    for i, line in enumerate(archive.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            conversation = row["conversation"]
+            success = bool(row["success"])
+            ok = (
+                isinstance(conversation, list)
+                and conversation
+                and all(
+                    isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
+                    for m in conversation
+                )
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{archive}: line {i}: not an archive row ({err})") from None
+        if not ok or conversation[-1]["role"] != "user":
+            raise DataError(f"{archive}: line {i}: 'conversation' must be messages ending with a user turn")
+        if not success:
+            continue
+        turns = conversation if source.context == "full" else conversation[-1:]
+        meta = {
+            "label": "harmful",
+            "category": str(row.get("category", "all")),
+            "style": str(row.get("style", "")),
+            "score": float(row.get("score", 0.0)),
+            "request": str(row.get("request", "")),
+            "row": i,
+        }
+        prompts.append(Prompt(tuple({"role": m["role"], "content": m["content"]} for m in turns), meta))
+    if not prompts:
+        raise DataError(f"{where}: {source.path}: the archive holds no successful attacks to train on")
+    return prompts
 
 
 def _dedupe(rows: Iterable[Prompt], limit: int | None) -> tuple[list[Prompt], dict]:

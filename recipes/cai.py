@@ -3,11 +3,11 @@
     accelerate launch recipes/cai.py --config recipes/configs/cai_tiny.yaml [--section.field=value ...]
     python recipes/cai.py --config recipes/configs/cai_qwen2.5_1.5b.yaml --limit 8   # a dry run in minutes
 
-sft -> critique_revise -> sft_cai -> preferences -> reward -> dpo | ppo | grpo | rloo -> eval. Each stage writes
-runs/<name>/<stage>/ with a manifest; a stage already done with the same inputs is skipped, and --force STAGE
-redoes it and all that follows. Critique-and-revise reuses the samples of principles that did not change since
-the last run, so a constitution edit regenerates only what it invalidates. --limit N caps every source at N rows
-and every training stage at N steps, in its own run directory (<run_name>-limit<N>).
+sft -> critique_revise -> sft_cai -> preferences -> reward -> dpo | ppo | grpo | rloo [-> red_team] -> eval. Each
+stage writes runs/<name>/<stage>/ with a manifest; a stage already done with the same inputs is skipped, and
+--force STAGE redoes it and all that follows. Critique-and-revise reuses the samples of principles that did not
+change since the last run, so a constitution edit regenerates only what it invalidates. --limit N caps every
+source at N rows and every training stage at N steps, in its own run directory (<run_name>-limit<N>).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from align.pipeline import Run, write_json_atomic
 from align.stages.evaluate import summary_lines
 
 OPTIMIZERS = ["dpo", "ppo", "grpo", "rloo"]
-STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", *OPTIMIZERS, "eval"]
+STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", *OPTIMIZERS, "red_team", "eval"]
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     plan = ["sft", "critique_revise", "sft_cai", "preferences", *(["reward"] if cfg.reward else []), cfg.optimizer]
+    plan += ["red_team"] if cfg.red_team is not None else []
     run = Run(root, force=set(args.force), order=STAGES, until=args.until, plan=[*plan, "eval"])  # locks root
     console.open_log(root)
     if cfg.report_to == "wandb":
@@ -144,7 +145,22 @@ def main(argv: list[str] | None = None) -> dict:
         if not tuned.done:
             tuned.record(stages.optimise(ctx, sl_cai.path, prefs.path, rw.path if rw else None, tuned.work_dir))
 
-    # 7. Evaluation of every model of the run, the optimiser models of earlier runs in this directory included.
+    # 7. Red teaming (with a red_team: section): attacks on the optimiser's model, archived per (category, style)
+    # cell; the archive is the prompt source red_team:<this stage's dir> for the next critique-revise round.
+    feedback_model = Path(cfg.eval.feedback_model) if cfg.eval.feedback_model else sft.path
+    if cfg.red_team is not None:
+        red_inputs = {
+            "model": tuned.output_id,
+            "prompts": ctx.fingerprint("red_team.prompts") or ctx.fingerprint("critique_revise.red_team_prompts"),
+            "judge": [cfg.eval.feedback_model or sft.output_id, constitution.identity]
+            if cfg.red_team.judge == "feedback"
+            else "refusal",
+        }
+        with run.stage("red_team", config=to_dict(cfg.red_team), inputs=red_inputs) as red:
+            if not red.done:
+                red.record(stages.red_team(ctx, tuned.path, cfg.optimizer, feedback_model, red.work_dir))
+
+    # 8. Evaluation of every model of the run, the optimiser models of earlier runs in this directory included.
     models = {"base": sft, "sft_cai": sl_cai, cfg.optimizer: tuned}
     earlier = {name: run.manifest(name) for name in OPTIMIZERS if name != cfg.optimizer}
     finished = {name: m["output_id"] for name, m in earlier.items() if m.get("status") == "done"}
@@ -160,8 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
             paths = {"base": sft.path, "sft_cai": sl_cai.path}
             paths.update({name: run.root / name for name in OPTIMIZERS if name == cfg.optimizer or name in finished})
             notes = summary_lines(prefs.metrics, rw.metrics if rw else None)
-            judge_model = Path(cfg.eval.feedback_model) if cfg.eval.feedback_model else sft.path
-            ev.record(stages.evaluate(ctx, paths, judge_model, rw.path if rw else None, ev.work_dir, notes))
+            ev.record(stages.evaluate(ctx, paths, feedback_model, rw.path if rw else None, ev.work_dir, notes))
 
     table = (ev.path / "table.md").read_text()
     if run.state.is_main_process:

@@ -505,3 +505,29 @@ def test_runs_compare_per_suite_and_judge_agreement(tmp_path: Path) -> None:
     assert "| dpo | elo_harmlessness | 191 | 191 | 0 |" in section(md, "### Pairwise comparisons with the base model")
     assert "| dpo | xstest_unsafe_refusal | 1 | 1 | 0 |" in section(md, "### Over-refusal (XSTest layout)")
     assert "| feedback | tiny reference judge | 0.9 | 0.95 | +0.05 |" in section(md, "### Judge agreement")
+
+
+def test_report_shows_the_red_team_stage_when_there_is_one(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    assert "## Red teaming" not in write_report(run).read_text()
+    cells = {
+        "steal|fiction": {"category": "steal", "style": "fiction", "attempts": 4, "successes": 3, "asr": 0.75},
+        "hack|roleplay": {"category": "hack", "style": "roleplay", "attempts": 2, "successes": 0, "asr": 0.0},
+    }
+    asr = {
+        "cells": cells,
+        "overall": {"attempts": 6, "successes": 3, "asr": 0.5},
+        "cells_filled": 1,
+        "cells_total": 4,
+        "queries": 7,
+        "attacks_per_second": 3.0,
+        "judge": "refusal",
+        "judge_precision": {"n": 1, "confirmed": 1, "precision": 1.0},
+    }
+    write_json(run / "red_team" / "asr.json", asr)
+    md = write_report(run).read_text()
+    assert "## Red teaming" in md
+    assert "ASR 0.50 (3 of 6 attacks, judge: refusal); 1 of 4 cells hold a successful attack; 7 queries" in md
+    assert "confirms 1.00 of the 1 archived successes" in md
+    assert "| category | fiction | roleplay |" in md
+    assert "| hack | - | 0.00 (2) |" in md and "| steal | 0.75 (4) | - |" in md

@@ -157,6 +157,8 @@ def _hub_datasets(config) -> list[str]:
 
     found = []
     for source in config.sources().values():
+        if source.path.startswith("red_team:"):  # a red-team run's archive, a local folder
+            continue
         if source.world() is None and not is_local(source.path) and not looks_like_path(source.path):
             found.append(source.path)
     return list(dict.fromkeys(found))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from align.stages.context import Context, Result, prepare
 from align.stages.evaluate import evaluate
 from align.stages.feedback import critique_revise, preferences
+from align.stages.redteam import red_team
 from align.stages.train import optimise, reward, sft_cai, train_base
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "optimise",
     "preferences",
     "prepare",
+    "red_team",
     "reward",
     "sft_cai",
     "train_base",

@@ -1,0 +1,109 @@
+"""The red_team stage: attack the optimiser's model with align/redteam's search and publish the archive.
+
+The search keeps its resumable state (``state.json`` and the files it rewrites every iteration) under the
+stage's ``shards/`` folder, which the pipeline keeps when a stage dies and drops from the published output; a
+killed stage, run again, continues the search where it stopped. When it finishes, ``archive.jsonl``,
+``asr.json``, ``asr.md`` and ``heatmap.png`` are copied to the stage folder, where ``red_team:<stage dir>``
+reads them as prompts for the next round.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from align.config import SamplingSettings
+from align.stages.context import Context, Result
+
+OUTPUTS = ("archive.jsonl", "asr.json", "asr.md", "heatmap.png")
+
+
+def red_team(ctx: Context, model_dir: Path, model_name: str, feedback_model: Path, out: Path) -> Result:
+    """Red-team ``model_dir``; metrics are the overall ASR, cells filled, queries, attacks/s and judge precision."""
+    from align.distributed import process_state
+    from align.generation import build_backend
+    from align.generation.base import generation_meter
+    from align.redteam.search import SearchSettings, run_search, seeds_from_prompts
+
+    section = ctx.config.red_team
+    prompts = ctx.prompts("red_team.prompts") or ctx.prompts("critique_revise.red_team_prompts")
+    seeds = seeds_from_prompts(prompts)
+    settings = SearchSettings(
+        max_queries=section.max_queries,
+        max_seconds=section.max_seconds,
+        batch_size=section.batch_size,
+        seed=ctx.config.seed,
+        **({"styles": tuple(section.styles)} if section.styles else {}),
+    )
+    state = process_state()
+    search_dir = out / "shards" / "search"
+    if ctx.is_main_process:  # one process searches (the batches are small); the others wait
+        backend = build_backend(
+            ctx.config.eval.backend,
+            str(model_dir),
+            name=model_name,
+            trust_remote_code=ctx.config.trust_remote_code,
+            run_model=True,
+        )
+        sampling = SamplingSettings(
+            max_new_tokens=section.max_new_tokens, temperature=0.0, batch_size=section.batch_size
+        )
+
+        def target(conversations: list) -> list[str]:
+            return backend.generate(conversations, sampling, ctx.config.seed, f"red team {model_name}")
+
+        fingerprint = {"model": model_name, "judge": section.judge, "max_new_tokens": section.max_new_tokens}
+        reference = ctx.world.reference_judge() if ctx.world is not None else None
+        with generation_meter(f"red team {model_name}"):
+            summary = run_search(
+                seeds,
+                target,
+                _judge(ctx, feedback_model),
+                search_dir,
+                settings,
+                fingerprint=fingerprint,
+                reference=reference,
+                log=lambda line: print(f"[align] red_team: {line}", flush=True),
+            )
+        for name in OUTPUTS:
+            if (search_dir / name).exists():
+                shutil.copy2(search_dir / name, out / name)
+    state.wait_for_everyone()
+    import json
+
+    summary = json.loads((out / "asr.json").read_text())
+    metrics = {
+        "asr": summary["overall"]["asr"],
+        "attacks": summary["overall"]["attempts"],
+        "cells_filled": summary["cells_filled"],
+        "cells_total": summary["cells_total"],
+        "queries": summary["queries"],
+        "attacks_per_second": summary["attacks_per_second"],
+    }
+    if "judge_precision" in summary:
+        metrics["judge_precision"] = summary["judge_precision"]["precision"]
+    cells = summary["cells"].values()
+    table = (
+        ["category", "style", "attempts", "successes", "asr"],
+        [[c["category"], c["style"], c["attempts"], c["successes"], c["asr"]] for c in cells],
+    )
+    return Result(metrics, {"red_team_cells": table})
+
+
+def _judge(ctx: Context, feedback_model: Path):
+    from align.evaluation.judges import FeedbackJudge, RefusalJudge, generic_refusal
+
+    section = ctx.config.red_team
+    if section.judge == "refusal":
+        return RefusalJudge(ctx.config.eval.refusal)
+    from align.feedback.preferences import OptionScorer
+    from align.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(str(feedback_model), trust_remote_code=ctx.config.trust_remote_code)
+    return FeedbackJudge(
+        OptionScorer(model, tokenizer, ctx.config.preferences.batch_size, name="feedback"),
+        ctx.constitution,
+        refusal_for=ctx.world.refusal_for if ctx.world is not None else generic_refusal,
+        num_principles=section.num_principles,
+        seed=ctx.config.seed,
+    )
