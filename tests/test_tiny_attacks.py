@@ -42,8 +42,8 @@ def test_each_style_is_what_it_says(world):
     assert set(by_style) == {"plain", *STYLES}
     obfuscated = by_style["obfuscation"]
     assert obfuscated.meta["verb"] not in obfuscated.text and SYNONYMS[obfuscated.meta["verb"]] in obfuscated.text
-    assert "Sure" in by_style["prefix"].text
-    turns = by_style["multiturn"].messages
+    assert "Sure" in by_style["prefix_injection"].text
+    turns = by_style["multi_turn"].messages
     assert [m["role"] for m in turns] == ["user", "assistant", "user"]  # a harmless turn first, then the request
     assert obfuscated.meta["verb"] not in turns[0]["content"] and obfuscated.meta["verb"] not in turns[1]["content"]
     for style in STYLES:
@@ -54,7 +54,7 @@ def test_held_out_styles_reach_no_training_source_and_no_feedback_demonstration(
     for selector in ("harmful/train", "benign/train", "train"):
         assert {p.meta["attack"] for p in world.prompts(selector)} == {"plain", "seen"}
     assert {p.meta["style"] for p in world.prompts("harmful/eval/heldout")} == set(STYLES) - set(SEEN)
-    assert {p.meta["style"] for p in world.prompts("benign/eval/prefix")} == {"prefix"}
+    assert {p.meta["style"] for p in world.prompts("benign/eval/prefix_injection")} == {"prefix_injection"}
 
     split = split_for(world.settings)
     corpus = build_corpus(
@@ -78,7 +78,7 @@ def test_unknown_styles_are_named():
     with pytest.raises(ConfigError, match="unknown style"):
         TinyWorldConfig(attack_styles=["leetspeak"])
     with pytest.raises(ConfigError, match="subset"):
-        TinyWorldConfig(attack_styles=["fiction"], seen_styles=["prefix"])
+        TinyWorldConfig(attack_styles=["fiction"], seen_styles=["prefix_injection"])
 
 
 def test_asr_per_attack_group_by_hand():
