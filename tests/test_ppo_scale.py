@@ -170,7 +170,7 @@ def test_config_choices():
 
 
 def test_reward_function_needs_a_value_model_unless_shared(tmp_path):
-    tok, policy, value, prompts = tiny_world()
+    tok, policy, _, prompts = tiny_world()
     with pytest.raises(ValueError, match="pass a value_model"):
         PPO(policy, tok, target_share(tok), prompts, small_cfg("lora"), tmp_path, seed=0)
     ppo = PPO(policy, tok, target_share(tok), prompts, small_cfg("shared"), tmp_path, seed=0)
