@@ -7,7 +7,7 @@ from test_ppo import fast_cfg, target_share, tiny_world
 from transformers import Qwen2ForSequenceClassification
 
 from align.config import ConfigError, LoraSettings, PPOStageConfig
-from align.rl.ppo import PPO, LoraCritic, trainable_state
+from align.rl.ppo import PPO, LoraCritic, checkpointing_active, trainable_state
 
 # The tiny world's model: hidden 32, 2 layers, 2 query heads and 1 KV head of 16, MLP 64.
 HIDDEN, LAYERS = 32, 2
@@ -175,3 +175,43 @@ def test_reward_function_needs_a_value_model_unless_shared(tmp_path):
         PPO(policy, tok, target_share(tok), prompts, small_cfg("lora"), tmp_path, seed=0)
     ppo = PPO(policy, tok, target_share(tok), prompts, small_cfg("shared"), tmp_path, seed=0)
     assert ppo.module.value_model is None
+
+
+@pytest.mark.parametrize(("option", "policy_lora"), [("full", False), ("lora", True), ("shared", False)])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path, option, policy_lora):
+    lora = LoraSettings(enabled=policy_lora, r=RANK, alpha=8, dropout=0.0)
+    runs, updates = {}, {}
+    for checkpointing in (False, True):
+        ppo, _, _ = make_ppo(option, tmp_path / str(checkpointing), gradient_checkpointing=checkpointing, lora=lora)
+        attention_calls = []
+        for layer in ppo.module.modules():
+            if type(layer).__name__ == "Qwen2Attention":
+                layer.register_forward_hook(lambda *a, calls=attention_calls: calls.append(1))
+        batch = ppo.rollout(0)
+        ppo.advantages(batch)
+        attention_calls.clear()
+        ppo.optimizer.zero_grad()
+        with checkpointing_active(ppo.checkpointed_layers):
+            loss, _ = ppo._loss(batch, 0)
+            loss.backward()
+        grads = {n: p.grad.clone() for n, p in ppo.module.named_parameters() if p.requires_grad}
+        runs[checkpointing] = (batch, loss.item(), grads, len(attention_calls), ppo)
+        attention_calls.clear()
+        ppo.update(batch, 0)  # the real update path: one minibatch, one epoch
+        updates[checkpointing] = (len(attention_calls), trainable_state(ppo.module))
+    (batch_off, loss_off, grads_off, calls_off, _), (batch_on, loss_on, grads_on, calls_on, ppo) = (
+        runs[False],
+        runs[True],
+    )
+    assert torch.equal(batch_on["response"], batch_off["response"])  # rollouts are untouched by checkpointing
+    assert loss_on == pytest.approx(loss_off, rel=1e-6)
+    assert grads_on.keys() == grads_off.keys()
+    assert all(torch.allclose(grads_on[n], grads_off[n], atol=1e-7, rtol=1e-5) for n in grads_off)
+    # Checkpointing really ran: every attention block of a trained trunk ran again in backward. Trunks per loss:
+    # shared 1 (policy), full and lora 2 (policy, critic).
+    trunks = 1 if option == "shared" else 2
+    assert calls_off == trunks * LAYERS and calls_on == 2 * trunks * LAYERS
+    assert ppo.checkpointed_layers and not any(layer.training for layer in ppo.checkpointed_layers)
+    assert updates[True][0] == 2 * updates[False][0] == 2 * trunks * LAYERS
+    weights_off, weights_on = updates[False][1], updates[True][1]
+    assert all(torch.allclose(weights_on[n], weights_off[n], atol=1e-6) for n in weights_off)

@@ -183,7 +183,11 @@ def shared_value_head(policy: nn.Module) -> nn.Linear:
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Recompute each decoder layer's activations in backward instead of keeping them (non-reentrant)."""
     base = unwrap_peft(model)
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}  # no enable_input_require_grads needed, frozen embeddings or not (peft)
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 @contextlib.contextmanager
