@@ -215,3 +215,33 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path, opti
     assert updates[True][0] == 2 * updates[False][0] == 2 * trunks * LAYERS
     weights_off, weights_on = updates[False][1], updates[True][1]
     assert all(torch.allclose(weights_on[n], weights_off[n], atol=1e-6) for n in weights_off)
+
+
+@pytest.mark.parametrize(
+    ("setting", "cuda", "bf16", "expected"),
+    [
+        ("auto", True, True, torch.bfloat16),  # a GPU with bf16: every PPO model in bf16
+        ("auto", True, False, torch.float32),  # e.g. a V100: no bf16, and fp16 without a scaler is unsafe
+        ("auto", False, False, torch.float32),  # CPU
+        ("float32", True, True, torch.float32),  # asked for: taken as asked
+        ("bfloat16", False, False, torch.bfloat16),
+    ],
+)
+def test_dtype_choice(setting, cuda, bf16, expected):
+    from align.models import choose_dtype
+
+    assert choose_dtype(setting, cuda=cuda, bf16_supported=bf16) is expected
+
+
+def test_ppo_models_follow_the_policy_dtype(tmp_path):
+    """bf16 weights (as on a GPU under `auto`): the critic and the shared head take the trunk's dtype."""
+    for option in ("full", "lora", "shared"):
+        tok, policy, reward_model, prompts = world_with_reward_model()
+        policy, reward_model = policy.to(torch.bfloat16), reward_model.to(torch.bfloat16)
+        ppo = PPO(policy, tok, reward_model, prompts, small_cfg(option), tmp_path / option, seed=0)
+        batch = ppo.rollout(0)
+        assert batch["values"].dtype == torch.float32 and torch.isfinite(batch["values"]).all()
+        critic = ppo.module.value_head if option == "shared" else ppo.module.value_model.score
+        assert critic.weight.dtype == torch.bfloat16
+        ppo.advantages(batch)
+        assert all(torch.isfinite(torch.tensor(v)) for v in ppo.update(batch, 0).values())  # backward runs in bf16
