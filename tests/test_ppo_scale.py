@@ -245,3 +245,64 @@ def test_ppo_models_follow_the_policy_dtype(tmp_path):
         assert critic.weight.dtype == torch.bfloat16
         ppo.advantages(batch)
         assert all(torch.isfinite(torch.tensor(v)) for v in ppo.update(batch, 0).values())  # backward runs in bf16
+
+
+# ---- rollouts behind a generator interface ----------------------------------------------------------------
+
+
+def test_transformers_rollouts_are_generate_with_the_logprobs_of_its_logits(tmp_path):
+    from align.rl.rollouts import TransformersRollouts, token_logprobs
+
+    ppo, policy, _ = make_ppo("full", tmp_path)
+    query, query_mask = ppo._left_pad([ppo.queries[i] for i in range(4)])
+    responses, logprobs = TransformersRollouts(ppo.cfg, ppo.eos_id, ppo.pad_id).generate(policy, query, query_mask, 7)
+    torch.manual_seed(7)
+    out = policy.generate(
+        input_ids=query,
+        attention_mask=query_mask,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        max_new_tokens=6,
+        eos_token_id=ppo.eos_id,
+        pad_token_id=ppo.pad_id,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    assert torch.equal(responses, out.sequences[:, query.shape[1] :])
+    # scores at temperature 1 and top_k 0 are the raw logits: the log-probs the tokens were drawn from
+    expected = token_logprobs(torch.stack(out.scores, 1), responses, 1.0)
+    assert torch.allclose(logprobs, expected, atol=1e-6)
+
+
+def test_an_engine_is_synced_with_the_current_weights_before_each_rollout_after_an_update(tmp_path):
+    from align.rl.rollouts import TransformersRollouts
+
+    synced = []
+
+    class Recording(TransformersRollouts):
+        """The in-process generator, noting each sync and a checksum of the weights it was handed."""
+
+        def sync(self, policy, step):
+            synced.append((step, sum(float(p.detach().sum()) for p in policy.parameters())))
+
+    ppo, _, _ = make_ppo("lora", tmp_path, steps=3, lora=LoraSettings(enabled=True, r=RANK, alpha=8))
+    ppo.rollouts = Recording(ppo.cfg, ppo.eos_id, ppo.pad_id)
+    for _ in range(3):
+        ppo.train_step()
+        current = sum(float(p.detach().sum()) for p in ppo.module.policy.parameters())
+    assert [s for s, _ in synced] == [1, 2]  # none before the first rollout: the engine starts there
+    assert synced[-1][1] != synced[0][1]
+    assert current != synced[-1][1]  # the third update came after the last rollout
+
+
+def test_vllm_rollouts_need_vllm(tmp_path):
+    import importlib.util
+
+    from align.rl.rollouts import VLLMRollouts
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed: its rollouts run on a GPU machine")
+    tok, policy, _, _ = world_with_reward_model()
+    with pytest.raises(ConfigError, match="vllm is not installed"):
+        VLLMRollouts(PPOStageConfig(), policy, tok, tmp_path, tok.eos_token_id, tok.pad_token_id)

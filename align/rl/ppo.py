@@ -52,6 +52,7 @@ from align.rl.losses import (
     shaped_rewards,
     value_loss,
 )
+from align.rl.rollouts import token_logprobs
 from align.train.checkpoints import (
     diverged,
     files_problem,
@@ -248,12 +249,6 @@ def response_mask(responses: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
     return (positions[None, :] < length[:, None]).long(), has_eos
 
 
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
-    """log pi(token) under the sampling distribution (logits / temperature), as the rollout sampled it."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
 def _trim(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """Cut the columns that are padding for every row: left of the prompts, right of the responses."""
     lead = int((batch["query_mask"].sum(0) == 0).sum())  # prompts are left-padded
@@ -357,6 +352,12 @@ class PPO:
         self._resume()
         self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
         self._perms: dict[int, list[int]] = {}
+        from align.rl.rollouts import make_rollout_generator
+
+        policy = self.accelerator.unwrap_model(self.module).policy
+        rollout_dir = self.output_dir / "rollout-engine"
+        self.rollouts = make_rollout_generator(cfg, policy, tokenizer, rollout_dir, self.eos_id, self.pad_id)
+        self.rollouts_stale = self.step > 0  # resumed: the engine starts from the run's starting weights
 
     # ---- data ---------------------------------------------------------------------------------------
 
@@ -404,24 +405,14 @@ class PPO:
         indices = self._prompt_indices(step)
         query, query_mask = self._left_pad([self.queries[i] for i in indices])
         module = self.accelerator.unwrap_model(self.module)
-        torch.manual_seed(self.seed * 1_000_003 + step * 1_009 + self.accelerator.process_index)
-        out = module.policy.generate(
-            input_ids=query,
-            attention_mask=query_mask,
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=0,  # the full distribution: log-probs in the loss must be those the sample was drawn from
-            max_new_tokens=cfg.max_new_tokens,
-            eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
-            output_logits=True,  # the rollout's log-probs come from the logits it sampled from: no second pass
-            return_dict_in_generate=True,
-        )
-        responses = out.sequences[:, query.shape[1] :]
+        if self.rollouts_stale:  # an engine with its own copy of the weights gets the updated ones
+            self.rollouts.sync(module.policy, step)
+            self.rollouts_stale = False
+        seed = self.seed * 1_000_003 + step * 1_009 + self.accelerator.process_index
+        responses, logprobs = self.rollouts.generate(module.policy, query, query_mask, seed)
         mask, has_eos = response_mask(responses, self.eos_id)
         responses = torch.where(mask.bool(), responses, self.pad_id)
-        logprobs = token_logprobs(torch.stack(out.logits, 1), responses, cfg.temperature) * mask
+        logprobs = torch.where(mask.bool(), logprobs, 0.0)
         batch = {"query": query, "query_mask": query_mask, "response": responses, "mask": mask}
         ref_logprobs, values = [], []
         for lo in range(0, len(query), cfg.mini_batch_size):
@@ -534,6 +525,7 @@ class PPO:
                 self.accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
         self.scheduler.step()
+        self.rollouts_stale = True
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
     def _loss(self, mb: dict[str, Tensor], step: int, entropy: bool = True) -> tuple[Tensor, dict[str, float]]:
@@ -698,6 +690,7 @@ class PPO:
         if self.lora:
             policy = policy.merge_and_unload()
         if self.accelerator.is_main_process:
+            shutil.rmtree(self.output_dir / "rollout-engine", ignore_errors=True)  # vLLM's weights and adapters
             policy.save_pretrained(self.output_dir, safe_serialization=True)
             self.tokenizer.save_pretrained(self.output_dir)
             (self.output_dir / "log_history.json").write_text(json.dumps(self.history, indent=1) + "\n")
