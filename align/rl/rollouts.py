@@ -73,7 +73,8 @@ class VLLMRollouts:
     saved after each update and passed with each request as a new ``LoRARequest`` (vLLM keys its adapter cache by
     id). The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so ``apply_model`` reaches the model
     without pickling its weights. Log-probs are vLLM's ``processed_logprobs`` (after temperature), so with
-    ``top_p: 1`` they are the distribution the tokens were sampled from. Not run on CPU: tested where a GPU is.
+    ``top_p: 1`` they are the distribution the tokens were sampled from. Not run yet: it needs a GPU and vLLM,
+    which this project's CI does not have; under ZeRO-3 the full-weights sync would first have to gather them.
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class VLLMRollouts:
                 top_k=-1,
                 max_tokens=cfg.max_new_tokens,
                 logprobs=0,  # the sampled token's own log-prob
+                stop_token_ids=[self.eos_id],
                 seed=seed + i,
             )
             for i in range(len(prompts))
