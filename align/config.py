@@ -514,10 +514,29 @@ class PPOStageConfig(ModelLoading):
     save_steps: int = 10  # checkpoint (policy, value, optimiser, RNG, step) every N steps; 0 = never
     logging_steps: int = 1
     lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+    # The critic. full: a whole trainable copy of the reward model (Huang et al. 2024's choice for small models);
+    # lora: the reward model's own trunk with a LoRA adapter and its own copy of the reward head (no second trunk
+    # in memory; the reward model scores with the adapter off); shared: a Linear(hidden, 1) head on the policy's
+    # trunk, so one forward pass gives logits and values.
+    value_model: Literal["full", "lora", "shared"] = "full"
+    value_lora: LoraSettings | None = None  # value_model: lora's rank/alpha/targets; None = those of `lora`
+    gradient_checkpointing: bool = False  # recompute policy and value activations in backward (less memory)
+    # How rollouts are sampled: transformers' generate in-process, or vLLM with the policy's weights synced after
+    # every update (GPU; `pip install vllm`).
+    rollout_backend: Literal["transformers", "vllm"] = "transformers"
+    vllm_gpu_memory_utilization: float = 0.3  # vLLM's share of the GPU; the rest is for training
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.ppo_epochs < 1:
             raise ConfigError("steps and ppo_epochs must be >= 1")
+        if self.rollout_backend == "vllm":
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise ConfigError(
+                    "rollout_backend: vllm is not installed (pip install vllm, on a CUDA machine); "
+                    "use rollout_backend: transformers"
+                )
         if self.rollout_batch_size % self.mini_batch_size:
             raise ConfigError("rollout_batch_size must be a multiple of mini_batch_size")
         if self.mini_batch_size % self.gradient_accumulation_steps:

@@ -74,11 +74,21 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False, field: str = 
     return tokenizer
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    """``auto`` is bfloat16 on a GPU that supports it and float32 elsewhere (CPU bfloat16 matmuls are slow)."""
+def choose_dtype(name: str, *, cuda: bool, bf16_supported: bool) -> torch.dtype:
+    """The dtype a ``torch_dtype`` setting means on a machine (pure, so every case is unit-tested).
+
+    ``auto`` is bfloat16 on a CUDA GPU that supports it and float32 elsewhere: CPU bfloat16 matmuls are slow, and
+    float16 without a loss scaler is not safe to train in. An explicit dtype is taken as asked.
+    """
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if cuda and bf16_supported else torch.float32
     return getattr(torch, name)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``choose_dtype`` for this machine."""
+    cuda = torch.cuda.is_available()
+    return choose_dtype(name, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
 
 
 def from_pretrained_kwargs(loading: ModelLoading | None, trust_remote_code: bool, field: str) -> dict[str, Any]:

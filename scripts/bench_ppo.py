@@ -1,6 +1,7 @@
 """align's PPO against TRL 1.12's ``trl.experimental.ppo.PPOTrainer``: same models, prompts and hyper-parameters.
 
-    python scripts/bench_ppo.py [--steps 20] [--only align|trl] [--threads 2] [--ppo.learning_rate=1e-4 ...]
+    python scripts/bench_ppo.py [--steps 20] [--only align|trl] [--threads 2] [--value-models full,shared]
+                                [--ppo.learning_rate=1e-4 ...]
 
 One run prints, side by side: seconds per PPO step (median and mean over the steps after the first, which
 pays for warm-up), peak resident memory of the process (``ru_maxrss``: models, optimiser and activations),
@@ -20,7 +21,9 @@ What it sets up, once, under ``.bench/`` (gitignored):
   busy machine) and each PPO step costs more.
 
 Each side runs in its own child process (align in this environment, TRL in the throwaway one), one after the
-other, with the same number of torch threads, so peak memory and step times are comparable.
+other, with the same number of torch threads, so peak memory and step times are comparable. align runs once per
+critic in ``--value-models`` (``ppo.value_model``: full, lora, shared), each its own column; TRL 1.12 has only a
+full critic.
 
 The two sides score the same text. Our reward model was trained on chat-template conversations, whose last
 token follows ``<|im_end|>``; TRL 1.12 scores the raw ids prompt + response, read at ``<|im_end|>``. So the TRL
@@ -162,6 +165,7 @@ def summarise(result: dict) -> dict:
 
 
 def print_table(summaries: dict[str, dict]) -> None:
+    """One column per side; then each align side's speed and memory against TRL's, when TRL ran."""
     rows = [
         ("seconds / PPO step (median)", "median_s", "{:.3f}"),
         ("seconds / PPO step (mean)", "mean_s", "{:.3f}"),
@@ -172,18 +176,27 @@ def print_table(summaries: dict[str, dict]) -> None:
     ]
     sides = list(summaries)
     print()
-    print("| | " + " | ".join(sides) + (" | align vs TRL |" if len(sides) == 2 else " |"))
-    print("|---|" + "---:|" * (len(sides) + (len(sides) == 2)))
+    print("| | " + " | ".join(sides) + " |")
+    print("|---|" + "---:|" * len(sides))
     for label, key, fmt in rows:
-        cells = [fmt.format(summaries[s][key]) for s in sides]
-        ratio = ""
-        if len(sides) == 2 and key in ("median_s", "mean_s"):
-            ratio = f"{summaries['trl'][key] / summaries['align'][key]:.2f}x faster"
-        elif len(sides) == 2 and key == "peak_rss_mib":
-            ratio = f"{summaries['align'][key] / summaries['trl'][key]:.2f}x"
-        print(f"| {label} | " + " | ".join(cells) + (f" | {ratio} |" if len(sides) == 2 else " |"))
+        print(f"| {label} | " + " | ".join(fmt.format(summaries[s][key]) for s in sides) + " |")
+    if "trl" in summaries:
+        trl = summaries["trl"]
+        print()
+        for side in (s for s in sides if s != "trl"):
+            a = summaries[side]
+            print(
+                f"{side} vs TRL: {trl['median_s'] / a['median_s']:.2f}x faster (median), "
+                f"{trl['mean_s'] / a['mean_s']:.2f}x (mean); peak RSS {a['peak_rss_mib'] / trl['peak_rss_mib']:.2f}x"
+            )
     any_side = next(iter(summaries.values()))
     print(f"\n{any_side['n']} steps per side; k = {any_side['k']}; first step excluded from the step times.")
+
+
+def side_names(only: str | None, value_models: list[str]) -> list[str]:
+    """``align[<critic>]`` per value model, then ``trl``; one align critic keeps the plain name ``align``."""
+    align = ["align"] if value_models == ["full"] else [f"align[{v}]" for v in value_models]
+    return {"align": align, "trl": ["trl"], None: [*align, "trl"]}[only]
 
 
 def drive(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -193,17 +206,23 @@ def drive(args: argparse.Namespace, overrides: list[str]) -> None:
     results = BENCH_DIR / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "ppo_config.json").write_text(json.dumps(cfg, indent=1) + "\n")
-    sides = [args.only] if args.only else ["align", "trl"]
+    value_models = [v.strip() for v in args.value_models.split(",") if v.strip()]
+    unknown = sorted(set(value_models) - {"full", "lora", "shared"})
+    if unknown or not value_models:
+        raise SystemExit(f"--value-models: {unknown or 'none given'}; choose from full, lora, shared")
+    sides = side_names(args.only, value_models)
     pythons = {"align": Path(sys.executable)}
     if "trl" in sides:
         pythons["trl"] = ensure_trl_env(args.torch_index_url)
     summaries = {}
     for side in sides:
-        out = results / side
+        kind = "trl" if side == "trl" else "align"
+        value_model = side.removeprefix("align[").removesuffix("]") if side.startswith("align[") else "full"
+        out = results / side.replace("[", "-").replace("]", "")
         shutil.rmtree(out, ignore_errors=True)  # align's PPO would resume from a previous run's checkpoints
-        cmd = [str(pythons[side]), str(Path(__file__).resolve()), "--side", side, "--fixture", str(fixture)]
+        cmd = [str(pythons[kind]), str(Path(__file__).resolve()), "--side", kind, "--fixture", str(fixture)]
         cmd += ["--out", str(out), "--steps", str(args.steps), "--seed", str(args.seed)]
-        cmd += ["--threads", str(args.threads), "--trl-scoring", args.trl_scoring]
+        cmd += ["--threads", str(args.threads), "--trl-scoring", args.trl_scoring, "--value-model", value_model]
         print(f"[bench] {side}: {args.steps} PPO steps", flush=True)
         env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
         subprocess.run(cmd, check=True, cwd=ROOT, env=env)
@@ -219,14 +238,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_align(fixture: Path, cfg_dict: dict, out: Path, steps: int, seed: int) -> list[dict]:
-    """align's PPO; per-step reward and time come from its ``log_history.json``."""
+def run_align(fixture: Path, cfg_dict: dict, out: Path, steps: int, seed: int, value_model: str = "full") -> list[dict]:
+    """align's PPO with the ``value_model`` critic; per-step reward and time come from its ``log_history.json``."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from align.config import PPOStageConfig, load_config
     from align.rl.ppo import train_ppo
 
-    cfg = load_config(PPOStageConfig, None, [f"{k}={json.dumps(v)}" for k, v in {**cfg_dict, "steps": steps}.items()])
+    settings = {**cfg_dict, "steps": steps, "value_model": value_model}
+    cfg = load_config(PPOStageConfig, None, [f"{k}={json.dumps(v)}" for k, v in settings.items()])
     prompts = json.loads((fixture / "prompts.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(fixture / "sft_cai")
     policy = AutoModelForCausalLM.from_pretrained(fixture / "sft_cai")
@@ -387,13 +407,14 @@ def child(args: argparse.Namespace) -> None:
     cfg = json.loads((out.parent / "ppo_config.json").read_text())
     start = time.perf_counter()
     if args.side == "align":
-        steps = run_align(fixture, cfg, out, args.steps, args.seed)
+        steps = run_align(fixture, cfg, out, args.steps, args.seed, args.value_model)
     else:
         steps = run_trl(fixture, cfg, out, args.steps, args.seed, args.trl_scoring)
     import importlib.metadata as md
 
     result = {
         "side": args.side,
+        "value_model": args.value_model if args.side == "align" else "full",
         "steps": steps,
         "peak_rss_mib": peak_rss_mib(),
         "total_seconds": time.perf_counter() - start,
@@ -403,7 +424,8 @@ def child(args: argparse.Namespace) -> None:
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     s = summarise(result)
     print(
-        f"[bench] {args.side}: {s['median_s']:.3f} s/step (median), peak RSS {s['peak_rss_mib']:.0f} MiB, "
+        f"[bench] {args.side} ({result['value_model']} critic): {s['median_s']:.3f} s/step (median), "
+        f"peak RSS {s['peak_rss_mib']:.0f} MiB, "
         f"reward {s['reward_first']:+.3f} -> {s['reward_last']:+.3f}, versions {result['versions']}",
         flush=True,
     )
@@ -418,6 +440,10 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "recipes" / "configs" / "cai_smoke.yaml"))
     parser.add_argument("--fixture", help="the recipe run to use (default: .bench/<config name>)")
     parser.add_argument("--trl-scoring", choices=["chat", "native"], default="chat")
+    parser.add_argument(
+        "--value-models", default="full", help="align's critics to run, comma-separated: full, lora, shared"
+    )
+    parser.add_argument("--value-model", default="full", help=argparse.SUPPRESS)  # child process
     parser.add_argument("--torch-index-url", help="where the throwaway env gets torch (e.g. the CPU wheel index)")
     parser.add_argument("--side", choices=["align", "trl"], help=argparse.SUPPRESS)  # child process
     parser.add_argument("--out", help=argparse.SUPPRESS)

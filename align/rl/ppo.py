@@ -15,11 +15,18 @@ and sampling is seeded by step number, so a resumed run takes the same path as a
 Speed comes from not doing work twice or on padding: the rollout's log-probabilities are those of the logits
 it sampled from (no second policy pass), each micro-batch is cut to its own longest prompt and answer, the
 policy's vocabulary projection runs on answer positions only, and the optimiser is fused.
+
+What fits on a GPU is set by ``value_model`` (a full critic, a LoRA adapter on the reward model's trunk, or a
+head on the policy's trunk) and ``gradient_checkpointing``; ``scripts/ppo_memory.py`` does the arithmetic for a
+7B policy. Checkpoints hold the trainable parameters only (adapters and heads with LoRA): the frozen weights
+come back from the models a run starts from.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import math
 import random
@@ -45,6 +52,7 @@ from align.rl.losses import (
     shaped_rewards,
     value_loss,
 )
+from align.rl.rollouts import token_logprobs
 from align.train.checkpoints import (
     diverged,
     files_problem,
@@ -61,22 +69,85 @@ Message = dict[str, str]
 RewardFn = Callable[[list[list[Message]], list[str]], Sequence[float]]
 
 
-class PolicyAndValue(nn.Module):
-    """The policy and the value model as one module, so DDP/FSDP sync both in a single backward pass."""
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model under a peft wrapper (its LoRA layers stay in place and active), else the model."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
 
-    def __init__(self, policy: nn.Module, value_model: nn.Module) -> None:
+
+def trunk_of(model: nn.Module) -> nn.Module:
+    """The transformer body of a ``*ForCausalLM`` / ``*ForSequenceClassification`` model (no head)."""
+    base = unwrap_peft(model)
+    return getattr(base, base.base_model_prefix)
+
+
+class LoraCritic(nn.Module):
+    """``value_model: lora``: the reward model's own trunk with a LoRA adapter, and a trainable copy of its head.
+
+    The trunk is not copied: the reward model scores through the same layers with the adapter switched off
+    (:meth:`reward_view`), so a 7B critic costs its adapter and one head, not a second 7B model and its Adam
+    state. The head starts as the reward head (Huang et al. 2024: the critic starts as the reward model).
+    """
+
+    def __init__(self, reward_model: nn.Module, lora) -> None:
+        from peft import get_peft_model
+
         super().__init__()
+        head = getattr(reward_model, "score", None)
+        if not isinstance(head, nn.Module):
+            raise TypeError("value_model: lora needs a sequence classifier with a `score` head as the reward model")
+        reward_model.requires_grad_(False)
+        self.trunk = get_peft_model(trunk_of(reward_model), lora)  # injects the adapter in place; base frozen
+        self.score = copy.deepcopy(head).requires_grad_(True)
+
+    def reward_view(self) -> contextlib.AbstractContextManager:
+        """Inside it the shared trunk is the reward model's, untouched by the adapter."""
+        return self.trunk.disable_adapter()
+
+
+class PolicyAndValue(nn.Module):
+    """The policy and the critic as one module, so DDP/FSDP sync both in a single backward pass.
+
+    The critic is a sequence classifier (``value_model: full``), a :class:`LoraCritic`, or, with ``value_head``
+    (``value_model: shared``), a scalar head on the policy's own trunk: then one trunk pass gives both the
+    logits and the values.
+    """
+
+    def __init__(
+        self, policy: nn.Module, value_model: nn.Module | None = None, value_head: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        if (value_model is None) == (value_head is None):
+            raise ValueError("PolicyAndValue: pass a value_model or a value_head (shared), not both")
         self.policy = policy
         self.value_model = value_model
-        head = getattr(value_model, "score", None)
-        if not isinstance(head, nn.Module):
+        self.value_head = value_head
+        if value_model is not None and not isinstance(getattr(value_model, "score", None), nn.Module):
             raise TypeError(
                 f"value model {type(value_model).__name__} has no `score` head; load it with "
                 "AutoModelForSequenceClassification(num_labels=1), e.g. from the reward model"
             )
+        if value_head is not None:
+            config = unwrap_peft(policy).config.get_text_config()
+            rescaling = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+            scaled = [k for k in rescaling if getattr(config, k, None) not in (None, 1, 1.0)]
+            if scaled:  # the shared pass applies the output embedding itself, so it must be the whole head
+                raise ValueError(f"value_model: shared does not support models that rescale logits ({scaled[0]})")
+
+    @staticmethod
+    def _hidden(trunk: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        return trunk(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
+        ).last_hidden_state
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, response_length: int) -> tuple[Tensor, Tensor]:
         """Logits that predict each response token, and the value of the state before it."""
+        start = input_ids.shape[1] - response_length - 1
+        if self.value_head is not None:  # shared: one trunk pass, two heads on the same positions
+            hidden = self._hidden(trunk_of(self.policy), input_ids, attention_mask)[:, start:-1]
+            logits = unwrap_peft(self.policy).get_output_embeddings()(hidden)
+            return logits, self.value_head(hidden).squeeze(-1)
         positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
         logits = self.policy(
             input_ids=input_ids,
@@ -88,14 +159,80 @@ class PolicyAndValue(nn.Module):
         return logits, self.values(input_ids, attention_mask, response_length)
 
     def values(self, input_ids: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
-        """The value model's estimate at each state before a response token (the critic alone)."""
-        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        """The critic's estimate at each state before a response token (no vocabulary projection)."""
         start = input_ids.shape[1] - response_length - 1
-        backbone = getattr(self.value_model, self.value_model.base_model_prefix)
-        hidden = backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
-        ).last_hidden_state[:, start:-1]
-        return self.value_model.score(hidden).squeeze(-1)
+        if self.value_head is not None:
+            trunk, head = trunk_of(self.policy), self.value_head
+        elif isinstance(self.value_model, LoraCritic):
+            trunk, head = unwrap_peft(self.value_model.trunk), self.value_model.score
+        else:
+            trunk, head = trunk_of(self.value_model), self.value_model.score
+        return head(self._hidden(trunk, input_ids, attention_mask)[:, start:-1]).squeeze(-1)
+
+
+def shared_value_head(policy: nn.Module) -> nn.Linear:
+    """``value_model: shared``'s Linear(hidden, 1) in the trunk's dtype, all zeros: every state starts at value 0,
+    and no random draw is spent, so runs and resumed runs stay seeded exactly as before."""
+    base = unwrap_peft(policy)
+    weight = base.get_output_embeddings().weight
+    head = nn.Linear(base.config.get_text_config().hidden_size, 1, device=weight.device, dtype=weight.dtype)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer's activations in backward instead of keeping them (non-reentrant)."""
+    base = unwrap_peft(model)
+    kwargs = {"use_reentrant": False}  # no enable_input_require_grads needed, frozen embeddings or not (peft)
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+@contextlib.contextmanager
+def checkpointing_active(layers: Sequence[nn.Module]):
+    """Let ``layers`` checkpoint during the update only.
+
+    transformers checkpoints a layer only while ``layer.training`` is set, and PPO runs in eval mode (no dropout,
+    Huang et al. 2024). So the flag is raised on the decoder layers themselves, not recursively (their dropout
+    and attention modules stay in eval mode), and only around the update: during rollouts a checkpointing layer
+    would turn generation's KV cache off.
+    """
+    for layer in layers:
+        layer.training = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.training = False
+
+
+def trainable_state(module: nn.Module) -> dict[str, Tensor]:
+    """The parameters the optimiser updates, by name: all a checkpoint needs (frozen weights come from the
+    models the run starts from)."""
+    return {name: p.detach().contiguous() for name, p in module.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(module: nn.Module, state: dict[str, Tensor], source: Path) -> None:
+    """Copy a checkpoint's trainable parameters into ``module``; names must match, or the run's settings changed.
+
+    Keys of frozen parameters are accepted and skipped (checkpoints of older versions held the whole module).
+    """
+    params = dict(module.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    missing = sorted(trainable - state.keys())
+    unknown = sorted(state.keys() - params.keys())
+    if missing or unknown:
+        raise ValueError(
+            f"PPO: {source} does not match this run's trainable parameters (missing {missing[:3]}, unknown "
+            f"{unknown[:3]}); was it made with other value_model / lora settings? Use a new output directory "
+            "or the settings it was made with"
+        )
+    with torch.no_grad():
+        for name in trainable:
+            params[name].copy_(state[name])
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -110,12 +247,6 @@ def response_mask(responses: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
     length = torch.where(has_eos, is_eos.int().argmax(1) + 1, responses.shape[1])
     positions = torch.arange(responses.shape[1], device=responses.device)
     return (positions[None, :] < length[:, None]).long(), has_eos
-
-
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
-    """log pi(token) under the sampling distribution (logits / temperature), as the rollout sampled it."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def _trim(batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -175,21 +306,39 @@ class PPO:
             policy = get_peft_model(policy, lora)
             ref_model = None  # the reference is the policy with its adapter switched off: no second copy
         elif ref_model is None:
-            import copy
-
             ref_model = copy.deepcopy(policy)
-        if value_model is None:
-            if not isinstance(reward_model, nn.Module):
-                raise ValueError("PPO: with a reward function instead of a reward model, pass a value_model")
-            import copy
-
-            value_model = copy.deepcopy(reward_model)  # Huang et al. 2024: the critic starts as the reward model
         self.lora = lora is not None
         for frozen in (ref_model, reward_model):
             if isinstance(frozen, nn.Module):
                 frozen.eval().requires_grad_(False).to(self.device)
         self.ref_model, self.reward_model = ref_model, reward_model
-        self.module = PolicyAndValue(policy, value_model).eval()  # eval: no dropout (Huang et al. 2024)
+        self.reward_view: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+        value_head = None
+        if cfg.value_model == "shared":
+            if value_model is not None:
+                raise ValueError("PPO: value_model: shared puts the value head on the policy; pass no value_model")
+            value_head = shared_value_head(policy)
+        else:
+            if value_model is None and not isinstance(reward_model, nn.Module):
+                raise ValueError("PPO: with a reward function instead of a reward model, pass a value_model")
+            if cfg.value_model == "lora":
+                settings = dataclasses.replace(cfg.value_lora or cfg.lora, enabled=True)
+                base = reward_model if value_model is None else value_model.eval().to(self.device)
+                value_model = LoraCritic(base, peft_config(settings, task_type=None))
+                if base is reward_model:  # one trunk: the reward model scores with the critic's adapter off
+                    self.reward_view = value_model.reward_view
+            elif value_model is None:
+                value_model = copy.deepcopy(reward_model).requires_grad_(True)  # the critic starts as the reward model
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(policy)
+            if value_model is not None:
+                enable_gradient_checkpointing(value_model.trunk if cfg.value_model == "lora" else value_model)
+        self.module = PolicyAndValue(policy, value_model, value_head).eval()  # eval: no dropout (Huang et al. 2024)
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        self.checkpointed_layers = [
+            m for m in self.module.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
+        ]
         params = [p for p in self.module.parameters() if p.requires_grad]
         # fused: one kernel over all parameters instead of a loop of small ones (CPU and GPU alike)
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=0.0, fused=True)
@@ -203,6 +352,12 @@ class PPO:
         self._resume()
         self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
         self._perms: dict[int, list[int]] = {}
+        from align.rl.rollouts import make_rollout_generator
+
+        policy = self.accelerator.unwrap_model(self.module).policy
+        rollout_dir = self.output_dir / "rollout-engine"
+        self.rollouts = make_rollout_generator(cfg, policy, tokenizer, rollout_dir, self.eos_id, self.pad_id)
+        self.rollouts_stale = self.step > 0  # resumed: the engine starts from the run's starting weights
 
     # ---- data ---------------------------------------------------------------------------------------
 
@@ -250,24 +405,14 @@ class PPO:
         indices = self._prompt_indices(step)
         query, query_mask = self._left_pad([self.queries[i] for i in indices])
         module = self.accelerator.unwrap_model(self.module)
-        torch.manual_seed(self.seed * 1_000_003 + step * 1_009 + self.accelerator.process_index)
-        out = module.policy.generate(
-            input_ids=query,
-            attention_mask=query_mask,
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=0,  # the full distribution: log-probs in the loss must be those the sample was drawn from
-            max_new_tokens=cfg.max_new_tokens,
-            eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
-            output_logits=True,  # the rollout's log-probs come from the logits it sampled from: no second pass
-            return_dict_in_generate=True,
-        )
-        responses = out.sequences[:, query.shape[1] :]
+        if self.rollouts_stale:  # an engine with its own copy of the weights gets the updated ones
+            self.rollouts.sync(module.policy, step)
+            self.rollouts_stale = False
+        seed = self.seed * 1_000_003 + step * 1_009 + self.accelerator.process_index
+        responses, logprobs = self.rollouts.generate(module.policy, query, query_mask, seed)
         mask, has_eos = response_mask(responses, self.eos_id)
         responses = torch.where(mask.bool(), responses, self.pad_id)
-        logprobs = token_logprobs(torch.stack(out.logits, 1), responses, cfg.temperature) * mask
+        logprobs = torch.where(mask.bool(), logprobs, 0.0)
         batch = {"query": query, "query_mask": query_mask, "response": responses, "mask": mask}
         ref_logprobs, values = [], []
         for lo in range(0, len(query), cfg.mini_batch_size):
@@ -326,7 +471,8 @@ class PPO:
         width = max(len(x) for x in seqs)
         ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs], device=self.device)
         attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs], device=self.device)
-        return self.reward_model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, 0].float()
+        with self.reward_view():  # value_model: lora shares this trunk; the reward model reads it adapter-free
+            return self.reward_model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, 0].float()
 
     # ---- advantages and update ------------------------------------------------------------------------
 
@@ -371,7 +517,7 @@ class PPO:
                     mb = _trim({key: v[idx] for key, v in batch.items()})
                     last = k == len(chunks) - 1
                     sync = self.accelerator.no_sync(self.module) if not last else contextlib.nullcontext()
-                    with sync:
+                    with sync, checkpointing_active(self.checkpointed_layers):
                         loss, s = self._loss(mb, step, entropy=epoch == 0)
                         self.accelerator.backward(loss / len(chunks))
                     for key, value in s.items():
@@ -379,6 +525,7 @@ class PPO:
                 self.accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
         self.scheduler.step()
+        self.rollouts_stale = True
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
     def _loss(self, mb: dict[str, Tensor], step: int, entropy: bool = True) -> tuple[Tensor, dict[str, float]]:
@@ -485,7 +632,7 @@ class PPO:
 
     def save_checkpoint(self) -> Path:
         """Policy, value model, optimiser, scheduler, RNG and step, published by one atomic rename."""
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         final = self.checkpoint_dir / f"step-{self.step:06d}"
         tmp = self.checkpoint_dir / f".tmp-step-{self.step:06d}"
@@ -493,7 +640,8 @@ class PPO:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             try:
-                save_model(self.accelerator.unwrap_model(self.module), str(tmp / "model.safetensors"))
+                state = trainable_state(self.accelerator.unwrap_model(self.module))
+                save_file(state, str(tmp / "model.safetensors"), metadata={"value_model": self.cfg.value_model})
                 torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
                 torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
                 torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
@@ -515,7 +663,7 @@ class PPO:
 
     def _resume(self) -> None:
         """Load the newest complete checkpoint; broken ones are skipped with a warning (and deleted)."""
-        from safetensors.torch import load_model
+        from safetensors.torch import load_file
 
         if self.accelerator.is_main_process:  # saves that never finished
             for stale in self.checkpoint_dir.glob(".tmp-step-*"):
@@ -525,7 +673,8 @@ class PPO:
         if path is None:
             return
         state = json.loads((path / "state.json").read_text())
-        load_model(self.module, str(path / "model.safetensors"), strict=True)
+        weights = path / "model.safetensors"
+        load_trainable_state(self.module, load_file(str(weights), device=str(self.device)), weights)
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
@@ -541,6 +690,7 @@ class PPO:
         if self.lora:
             policy = policy.merge_and_unload()
         if self.accelerator.is_main_process:
+            shutil.rmtree(self.output_dir / "rollout-engine", ignore_errors=True)  # vLLM's weights and adapters
             policy.save_pretrained(self.output_dir, safe_serialization=True)
             self.tokenizer.save_pretrained(self.output_dir)
             (self.output_dir / "log_history.json").write_text(json.dumps(self.history, indent=1) + "\n")
@@ -588,4 +738,4 @@ def train_ppo(
     return trainer.train()
 
 
-__all__ = ["PPO", "PolicyAndValue", "response_mask", "token_logprobs", "train_ppo"]
+__all__ = ["PPO", "LoraCritic", "PolicyAndValue", "response_mask", "token_logprobs", "train_ppo"]

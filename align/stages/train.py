@@ -114,10 +114,14 @@ def optimise(ctx: Context, policy_dir: Path, pairs_dir: Path, reward_dir: Path |
         )
     conversations = [p.conversation() for p in ctx.prompts(f"{name}.prompts")]
     if name == "ppo":
+        from align.config import ModelLoading
         from align.rl import train_ppo
         from align.train.reward import load_reward_model
 
-        reward_model = load_reward_model(str(reward_dir), trust, seed=config.seed)
+        # The reward model (and the critic made from it) in the policy's dtype: bfloat16 on a GPU under `auto`,
+        # float32 on CPU. Never 4-bit: a full critic copied from it must be trainable.
+        loading = ModelLoading(torch_dtype=section.torch_dtype, attn_implementation=section.attn_implementation)
+        reward_model = load_reward_model(str(reward_dir), trust, seed=config.seed, loading=loading)
         reward_tokenizer = load_tokenizer(str(reward_dir), trust_remote_code=trust, field="reward")
         # Checkpoints go to out/checkpoints, which the pipeline keeps when the stage dies: the same command resumes.
         metrics = train_ppo(
