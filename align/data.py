@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -350,24 +350,28 @@ def dataset_fingerprint(source: str, *, split: str = "train") -> str:
     return digest.hexdigest()
 
 
+def jsonl_rows(lines: Iterable[str], where: str, objects: bool = True) -> Iterator[tuple[int, Any]]:
+    """(line number from 1, parsed value) for each non-blank line; errors name ``where:line``. Every JSONL reader
+    of the project goes through here, so they all skip blank lines and report bad JSON the same way."""
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}:{n}: invalid JSON: {err.msg}") from None
+        if objects and not isinstance(row, dict):
+            raise DataError(f"{where}:{n}: expected a JSON object, got {type(row).__name__}")
+        yield n, row
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file of objects; blank lines are skipped, and line numbers count from 1."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file does not exist")
-    rows = []
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: line {n}: invalid JSON: {err}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+        return [row for _, row in jsonl_rows(f, str(path))]
 
 
 def _local_path(source: str) -> Path | None:

@@ -342,10 +342,10 @@ def test_read_jsonl(tmp_path):
     path.write_text('{"a": 1}\n\n{"a": 2}\n')
     assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
     path.write_text('{"a": 1}\n\n{"a": \n')
-    with pytest.raises(DataError, match=r"r\.jsonl: line 3: invalid JSON"):
+    with pytest.raises(DataError, match=r"r\.jsonl:3: invalid JSON"):
         read_jsonl(path)
     path.write_text('{"a": 1}\n[1, 2]\n')
-    with pytest.raises(DataError, match=r"r\.jsonl: line 2: expected a JSON object, got list"):
+    with pytest.raises(DataError, match=r"r\.jsonl:2: expected a JSON object, got list"):
         read_jsonl(path)
 
 

@@ -8,24 +8,18 @@ goes through the simple launcher, which starts one process unless mpirun is conf
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from helpers.servers import free_port
 
 from align.tiny.model import build_model, build_tokenizer
 
 HELPER = Path(__file__).parent / "helpers" / "dp_generate.py"
 ROOT = Path(__file__).parent.parent
 N = 13  # odd, so the two shards differ in size
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd: list[str], out: Path) -> dict:

@@ -7,12 +7,10 @@ environment's python (``python3 -m venv V && CMAKE_ARGS=-DGGML_NATIVE=off V/bin/
 """
 
 import os
-import socket
 import subprocess
-import time
 
-import httpx
 import pytest
+from helpers.servers import free_port, serving
 from helpers.tiny_lm import save_tiny_lm
 
 from align.config import BackendSettings, ConfigError
@@ -51,12 +49,6 @@ PAIRS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(in-process model, tokenizer, /v1 URL of llama.cpp serving the same weights as GGUF)."""
@@ -69,26 +61,8 @@ def served(tmp_path_factory):
     log = root / "server.log"
     cmd = [PYTHON, "-m", "llama_cpp.server", "--model", str(gguf_path), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--n_ctx", "1024", "--n_threads", "1"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"llama_cpp.server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with serving(cmd, f"http://127.0.0.1:{port}/v1/models", log, {**os.environ, "OMP_NUM_THREADS": "1"}):
         yield model, tok, f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def constitution():

@@ -6,8 +6,6 @@ and records headers (the API key is sent, and shown nowhere else).
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers.servers import free_port, serving
 from helpers.tiny_lm import convs, save_tiny_lm
 
 from align.config import BackendSettings
@@ -37,12 +36,6 @@ PROMPTS = [
 GREEDY = S(max_new_tokens=8, temperature=0, batch_size=1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("served") / "tiny"
@@ -58,31 +51,13 @@ def server(model_dir, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [exe, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"transformers serve did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with serving(
+        [exe, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        f"http://127.0.0.1:{port}/health",
+        log,
+        env,
+    ):
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 class Proxy:

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from align.data import DataError, parse_hh_transcript
+from align.data import DataError, jsonl_rows, parse_hh_transcript
 from align.evaluation.judges import reward_scores
 
 Message = dict[str, str]
@@ -161,15 +161,7 @@ def load_hhh(path: str | Path) -> list[HHHItem]:
             raise DataError(f"{path}: expected a JSON object with 'examples', a list, or JSON lines")
         items = [_item(row, f"{path}: {label}[{i}]") for i, row in enumerate(rows)]
     else:
-        items = []
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: invalid JSON: {e.msg}") from None
-            items.append(_item(row, f"{path}:{n}"))
+        items = [_item(row, f"{path}:{n}") for n, row in jsonl_rows(lines, str(path), objects=False)]
     if not items:
         raise DataError(f"{path}: no questions")
     return items

@@ -8,14 +8,13 @@ the output (one row per input row, in order) is only written once every row has 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from align.data import DataError
+from align.data import DataError, jsonl_rows
 from align.evaluation.judges import Judge, agreement
 
 
@@ -48,16 +47,7 @@ def read_rows(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
                 rows.append((start, dict(row)))
                 start = reader.line_num + 1
         elif path.suffix.lower() in (".jsonl", ".json"):
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: invalid JSON: {e.msg}") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-                rows.append((n, row))
+            rows += jsonl_rows(f, str(path))
         else:
             raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .jsonl")
     if not rows:
