@@ -24,12 +24,7 @@ from align.tiny.model import build_model, build_tokenizer
 T = torch.tensor
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread
 
 
 # ---- the math by hand --------------------------------------------------------------------------------------

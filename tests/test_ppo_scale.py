@@ -18,12 +18,7 @@ RANK = 4
 LORA_PARAMS = LAYERS * sum(RANK * (i + o) for i, o in LINEARS)  # 2 * 4 * (64+48+48+64+96+96+96) = 4096
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread
 
 
 def small_cfg(value_model, **overrides):

@@ -27,13 +27,7 @@ WORDS = ["apple", "bread", "chair", "door", "egg", "fish", "grape", "house", "in
 GOOD, BAD = "kindly", "rudely"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: extra intra-op threads only spin, and on a busy 2-core machine 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread
 
 
 def tiny_reward_model(tmp_path, seed=0):
