@@ -105,16 +105,18 @@ class Proxy:
                             timeout=60,
                         )
                         status, headers, content = r.status_code, {}, r.content
-                    self.send_response(status)
-                    for k, v in headers.items():
-                        self.send_header(k, v)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(content)))
-                    self.end_headers()
-                    self.wfile.write(content)
                 finally:
+                    # counted out before the reply is sent: once the client holds the reply it may send the next
+                    # request, which must not find this one still counted
                     with proxy.lock:
                         proxy.in_flight -= 1
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
 
             def do_POST(self):
                 self._forward("POST")
