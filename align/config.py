@@ -855,10 +855,20 @@ class RedTeamStageConfig:
     judge: Literal["refusal", "feedback"] = "refusal"  # feedback: the feedback model, as eval.feedback_model
     styles: list[str] | None = None  # None = every style
     num_principles: int = 2  # feedback judge: principles sampled per answer
+    # The closed loop (MART, Ge et al. 2023; IterAlign, Chen et al. 2024): after the first red team, each of
+    # ``rounds`` rounds proposes a constitution amendment from the attacks that worked, critiques and revises
+    # them (with every earlier round's), retrains SL-CAI, preferences, reward and the optimiser, evaluates, and
+    # red-teams the new model, all under runs/<name>/round<k>/. 0: one red team, no retraining.
+    rounds: int = 0
+    adopt: bool = False  # train the next round on the proposed amendment (else it is only written for review)
+    candidates: str | None = None  # candidate principles for the amendment (default: the shipped candidates file)
+    max_new_principles: int = 2  # at most this many principles added per round
 
     def __post_init__(self) -> None:
         if self.max_queries < 1 or self.batch_size < 1 or self.max_new_tokens < 1 or self.num_principles < 1:
             raise ConfigError("max_queries, batch_size, max_new_tokens and num_principles must be >= 1")
+        if self.rounds < 0 or self.max_new_principles < 1:
+            raise ConfigError("rounds must be >= 0 and max_new_principles >= 1")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ConfigError("max_seconds must be > 0")
         from align.redteam.mutations import STYLES

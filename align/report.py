@@ -31,7 +31,7 @@ from align.files import atomic_write, write_error, write_text_atomic
 from align.pipeline import MANIFEST
 from align.redaction import redact, redact_text
 
-__all__ = ["RunError", "compare_runs", "load_run", "plot_data", "redact", "write_report"]
+__all__ = ["RunError", "compare_runs", "load_run", "loop_rows", "loop_table", "plot_data", "redact", "write_report"]
 
 STAGE_ORDER = (
     "sft",
@@ -675,6 +675,9 @@ def _report_doc(run: RunDir, prev: RunDir | None, plots: dict[str, Path], sample
     if isinstance(red, dict) and isinstance(red.get("cells"), dict):
         doc.heading(2, "Red teaming")
         _red_team_section(doc, run, red)
+    if _rounds(run.path):
+        doc.heading(2, "Closed loop")
+        _loop_section(doc, run)
 
     doc.heading(2, "Training loss")
     if "training_loss" in plots:
@@ -700,7 +703,96 @@ def _report_doc(run: RunDir, prev: RunDir | None, plots: dict[str, Path], sample
     return doc
 
 
-def _red_team_section(doc: Doc, run: RunDir, red: dict[str, Any]) -> None:
+LOOP_COLUMNS = ("asr_heldout", "asr_seen", "harmful_refusal", "benign_helpful", "over_refusal")
+
+
+def _rounds(path: Path) -> list[Path]:
+    """The closed loop's round directories (``round1``, ``round2``, ...) in order."""
+    found = [(int(m.group(1)), d) for d in path.glob("round*") if (m := re.fullmatch(r"round(\d+)", d.name))]
+    return [d for _, d in sorted(found)]
+
+
+def loop_rows(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """One row per (round, trained model): eval rates, the round's red team and its constitution.
+
+    Round 0 is the chain before the loop (its ``eval`` and ``red_team``); round k reads ``round<k>/``. The
+    red-team columns are those of the attack on the round's final model, which is also the next round's evidence.
+    """
+    root = Path(run_dir)
+    snapshot = _read_json(root / CONSTITUTION_FILE)
+    constitution = snapshot.get("identity") if isinstance(snapshot, dict) else None
+    rows = []
+    for k, where in enumerate([root, *_rounds(root)]):
+        proposal = _dict(_read_json(where / "amend" / "proposal.json"))
+        if proposal.get("adopted"):
+            constitution = proposal.get("to")
+        metrics = _dict(_read_json(where / "eval" / "metrics.json"))
+        red = _dict(_read_json(where / "red_team" / "asr.json"))
+        for model, values in metrics.items():
+            if model == "base" or not isinstance(values, dict):
+                continue
+            rows.append(
+                {
+                    "round": k,
+                    "model": model,
+                    "constitution": constitution,
+                    **{c: values[c] for c in LOOP_COLUMNS if _is_number(values.get(c))},
+                    "red_team_asr": _dict(red.get("overall")).get("asr"),
+                    "cells_filled": red.get("cells_filled"),
+                    "cells_total": red.get("cells_total"),
+                    "amendment": ", ".join(str(a.get("id")) for a in proposal.get("added") or [] if isinstance(a, dict))
+                    or ("-" if k else ""),
+                }
+            )
+    return rows
+
+
+def _loop_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    columns = [c for c in LOOP_COLUMNS if any(c in r for r in rows)]
+    header = ["round", "model", *columns, "red-team ASR", "cells", "amendment"]
+    body = []
+    for r in rows:
+        cells = f"{r['cells_filled']}/{r['cells_total']}" if r.get("cells_total") else ""
+        rates = [_num(r.get(c), 2) for c in columns]
+        body.append([str(r["round"]), r["model"], *rates, _num(r.get("red_team_asr"), 2), cells, r["amendment"]])
+    return header, body
+
+
+def loop_table(run_dir: str | os.PathLike[str]) -> str:
+    """The loop's rows as a markdown table, for the console at the end of a run."""
+    header, body = _loop_cells(loop_rows(run_dir))
+    return _text_table(header, body, "ll" + "r" * (len(header) - 3) + "l")
+
+
+def _loop_section(doc: Doc, run: RunDir) -> None:
+    rows = loop_rows(run.path)
+    header, body = _loop_cells(rows)
+    doc.para(
+        "Each round red-teams the model before it, turns the attacks that worked into critique-revise, preference "
+        "and RL prompts, proposes a constitution amendment from them (adopted with red_team.adopt), and retrains "
+        "from the SFT model. Rates are the eval stage's (asr_* by the world's reference judge where it has one); "
+        "the red-team columns are the attack on the round's final model."
+    )
+    doc.table(header, body, "ll" + "r" * (len(header) - 3) + "l")
+    for where in _rounds(run.path):
+        proposal = _dict(_read_json(where / "amend" / "proposal.json"))
+        if proposal.get("added"):
+            state = "adopted" if proposal.get("adopted") else "proposed for review"
+            doc.para(
+                Strong(f"{where.name}:"),
+                f" {state} ",
+                Code(str(proposal.get("to"))),
+                f" from {proposal.get('from')}: ",
+                ", ".join(f"{a.get('id')} ({'; '.join(a.get('cells') or [])})" for a in proposal["added"]),
+                f" (align constitution diff {where.name}/amend/constitution.yaml).",
+            )
+        red = _read_json(where / "red_team" / "asr.json")
+        if isinstance(red, dict) and isinstance(red.get("cells"), dict):
+            doc.heading(3, f"Red teaming after {where.name}")
+            _red_team_section(doc, run, red, where.relative_to(run.path) / "red_team")
+
+
+def _red_team_section(doc: Doc, run: RunDir, red: dict[str, Any], stage: Path = Path("red_team")) -> None:
     """The red_team stage's attack success rates: overall, then per (category, style) cell, and its heat map."""
     overall = _dict(red.get("overall"))
     attacks = f"{overall.get('successes', '?')} of {overall.get('attempts', '?')} attacks"
@@ -724,8 +816,8 @@ def _red_team_section(doc: Doc, run: RunDir, red: dict[str, Any]) -> None:
             row.append(f"{_num(cell.get('asr'), 2)} ({cell.get('attempts')})" if cell else "-")
         rows.append(row)
     doc.table(["category", *styles], rows, "l" + "r" * len(styles))
-    if (run.path / "red_team" / "heatmap.png").exists():
-        doc.image("red-team ASR per category and attack style", "red_team/heatmap.png")
+    if (run.path / stage / "heatmap.png").exists():
+        doc.image("red-team ASR per category and attack style", f"{stage.as_posix()}/heatmap.png")
 
 
 SUITE_TITLES = {

@@ -74,7 +74,7 @@ class WandbTracker:
     def _producers(self) -> dict[str, str]:
         """output id -> stage name, from the manifests on disk (stages skipped in this process included)."""
         out = {}
-        for manifest in self.root.glob("*/manifest.json"):
+        for manifest in [*self.root.glob("*/manifest.json"), *self.root.glob("round*/*/manifest.json")]:
             try:
                 data = json.loads(manifest.read_text())
             except (OSError, json.JSONDecodeError):
@@ -129,7 +129,7 @@ class _StageRun:
                     run.use_artifact(f"{self._artifact(stage_name)}:{oid}")
                 except Exception as e:  # an upstream stage that ran without W&B has no artifact: say so, go on
                     print(f"[align] W&B: no artifact for input {ref} ({type(e).__name__}); lineage stops there")
-        if stage.name in GENERATION_STAGES:
+        if stage.name.rsplit("/", 1)[-1] in GENERATION_STAGES:  # round<k>/critique_revise too
             metadata["constitution"] = t.constitution.identity
             art = constitution_artifact(t.constitution)
             if run.offline:

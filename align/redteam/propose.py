@@ -47,6 +47,10 @@ from align.files import write_text_atomic
 DEFAULT_CANDIDATES = Path(__file__).resolve().parents[2] / "constitutions" / "candidates" / "harmless.yaml"
 
 
+class NothingToAmend(ConstitutionError):
+    """The evidence holds no successful attack, or no new candidate addresses its worst cells."""
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A principle that could be added, and the attack styles and risk categories it is written against."""
@@ -314,7 +318,7 @@ def propose(
     candidates = load_candidates(candidates_path or DEFAULT_CANDIDATES)
     cells = failing_cells(run_dir)
     if not cells:
-        raise ConstitutionError(f"{run_dir}: the red-team run found no successful attacks; nothing to amend")
+        raise NothingToAmend(f"{run_dir}: the red-team run found no successful attacks; nothing to amend")
     scores = None
     if scoring is not None:
         worst = cells[:max_cells]
@@ -331,7 +335,7 @@ def propose(
     picks = select(old, candidates, cells, max_cells=max_cells, max_new=max_new, scores=scores)
     if not picks:
         worst = ", ".join(c.key for c in cells[:max_cells])
-        raise ConstitutionError(f"no new candidate addresses the worst cells ({worst}); add candidates for them")
+        raise NothingToAmend(f"no new candidate addresses the worst cells ({worst}); add candidates for them")
 
     def scored(candidate: Candidate) -> str:
         score = (scores or {}).get(candidate.principle.id)

@@ -7,6 +7,7 @@ tracker). It knows nothing of manifests, skipping, resuming or publication: :mod
 
 from __future__ import annotations
 
+from align.stages.amend import amend
 from align.stages.context import Context, Result, prepare
 from align.stages.evaluate import evaluate
 from align.stages.feedback import critique_revise, preferences
@@ -16,6 +17,7 @@ from align.stages.train import optimise, reward, sft_cai, train_base
 __all__ = [
     "Context",
     "Result",
+    "amend",
     "critique_revise",
     "evaluate",
     "optimise",
