@@ -60,9 +60,9 @@ def test_the_attacks_that_worked_are_critiqued_and_revised_and_the_rest_is_reuse
     prefs = manifest(run_dir, "round1/preferences")["inputs"]["prompts"]
     assert prefs != manifest(run_dir, "preferences")["inputs"]["prompts"]  # the attacks are labelled too
     # the round's red team attacks the plain requests again, not round 0's attacks
-    assert manifest(run_dir, "round1/red_team")["inputs"]["prompts"] == manifest(run_dir, "red_team")["inputs"][
-        "prompts"
-    ]
+    assert (
+        manifest(run_dir, "round1/red_team")["inputs"]["prompts"] == manifest(run_dir, "red_team")["inputs"]["prompts"]
+    )
 
 
 def test_the_adopted_amendment_is_what_the_round_trains_on(loop):
