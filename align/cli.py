@@ -196,14 +196,18 @@ def cmd_propose(args: argparse.Namespace) -> int:
     if args.max_cells < 1 or args.max_new < 1:
         raise ConstitutionError("--max-cells and --max-new must be >= 1")
     scoring = None
-    if args.controls and not args.feedback_model:
-        raise ConstitutionError("--controls are scored by the feedback model: add --feedback-model DIR")
+    if (args.controls or args.draft) and not args.feedback_model:
+        flag = "--controls are scored" if args.controls else "--draft drafts with"
+        raise ConstitutionError(f"{flag} by the feedback model: add --feedback-model DIR")
+    drafter = None
     if args.feedback_model:
         try:
             scoring = _propose_scoring(args)
         except ValueError as e:  # DataError and ConfigError are ValueErrors
             _err(f"error: {e}")
             return 2
+        if args.draft:
+            drafter = _drafter(args.feedback_model)
     result = propose(
         args.file,
         args.evidence,
@@ -213,8 +217,12 @@ def cmd_propose(args: argparse.Namespace) -> int:
         max_new=args.max_new,
         force=args.force,
         scoring=scoring,
+        drafter=drafter,
     )
     _out(f"{args.output}: {result['from']} -> {result['to']}")
+    if "drafts" in result:
+        d = result["drafts"]
+        _out(f"  drafts: {d['kept']} of {d['asked']} kept ({d['unparsable']} unparsable, {d['invalid']} invalid)")
     _out(f"  worst cells: {'; '.join(result['worst_cells'])}")
     for added in result["added"]:
         _out(f"  added {added['id']} for {'; '.join(added['cells'])}")
@@ -223,6 +231,16 @@ def cmd_propose(args: argparse.Namespace) -> int:
         _out(f"  candidate {cid}: evidence {score['evidence']:.2f} (n {score['n_evidence']:.0f}){controls}")
     _out(f"review it with: align constitution diff {args.file} {args.output}")
     return 0
+
+
+def _drafter(model: str):
+    """Greedy replies of ``model`` (transformers backend) to the drafting conversations."""
+    from align.config import BackendSettings, SamplingSettings
+    from align.generation import build_backend
+
+    backend = build_backend(BackendSettings(), model)
+    sampling = SamplingSettings(max_new_tokens=160, temperature=0.0, batch_size=8)
+    return lambda conversations: backend.generate(conversations, sampling, 0, "drafting principles")
 
 
 def _propose_scoring(args: argparse.Namespace) -> dict:
@@ -625,6 +643,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cells", type=int, default=3, help="how many of the worst cells to address (default 3)")
     p.add_argument("--max-new", type=int, default=2, help="at most this many new principles (default 2)")
     p.add_argument("--feedback-model", metavar="DIR", help="score candidates with this feedback model")
+    p.add_argument(
+        "--draft",
+        action="store_true",
+        help="the feedback model also drafts one candidate per worst cell (picked only on its scores)",
+    )
     p.add_argument("--controls", metavar="FILE", help="benign prompt/response rows (CSV or JSONL) for the scores")
     p.add_argument("--world", metavar="CONFIG", help="a config with a world: its refusals and benign controls")
     p.add_argument("--num-controls", type=int, default=32, help="benign controls scored per candidate")

@@ -863,6 +863,9 @@ class RedTeamStageConfig:
     adopt: bool = False  # train the next round on the proposed amendment (else it is only written for review)
     candidates: str | None = None  # candidate principles for the amendment (default: the shipped candidates file)
     max_new_principles: int = 2  # at most this many principles added per round
+    # The feedback model also drafts a principle per failing cell (align/redteam/draft.py); drafts compete with the
+    # candidates on the same scores. Off by default: a small model's drafts are unparsable and only cost time.
+    draft_principles: bool = False
 
     def __post_init__(self) -> None:
         if self.max_queries < 1 or self.batch_size < 1 or self.max_new_tokens < 1 or self.num_principles < 1:

@@ -246,7 +246,7 @@ def closed_loop_round(run: Run, ctx: stages.Context, k: int, sft, previous: dict
         "candidates": candidates.read_text() if candidates else "shipped",
         "judge": str(feedback_model),
     }
-    amend_config = {"adopt": section.adopt, "max_new_principles": section.max_new_principles}
+    amend_config = {k: getattr(section, k) for k in ("adopt", "max_new_principles", "draft_principles")}
     with run.stage(p + "amend", config=amend_config, inputs=amend_inputs) as amend:
         if not amend.done:
             amend.record(stages.amend(ctx, constitution_path, red.path, feedback_model, amend.work_dir))

@@ -273,7 +273,8 @@ def amended_text(
     )
     comments = {
         c.principle.id: [
-            f"Proposed by `align constitution propose` from red-team evidence in {run_dir}:",
+            ("Drafted by the feedback model and proposed" if "drafted" in c.principle.tags else "Proposed")
+            + f" by `align constitution propose` from red-team evidence in {run_dir}:",
             *(f"  {cell.describe()}" for cell in cells),
             "Review before adopting.",
         ]
@@ -305,11 +306,16 @@ def propose(
     max_new: int = 2,
     force: bool = False,
     scoring: dict[str, Any] | None = None,
+    drafter: Any = None,
 ) -> dict[str, Any]:
     """Write the amended constitution to ``output`` (never over the input); returns what was chosen and why.
 
     ``scoring`` (``{"scorer", "refusal_for", "controls", "seed"}``) scores the candidates with a feedback model.
+    ``drafter`` (conversations -> replies, :mod:`align.redteam.draft`) drafts one more candidate per worst cell;
+    drafts are only ever picked on their scores, so a drafter needs ``scoring``.
     """
+    if drafter is not None and scoring is None:
+        raise ConstitutionError("drafted principles are picked on their scores: drafting needs a feedback model")
     if Path(output).resolve() == Path(constitution_path).resolve():
         raise ConstitutionError("the output must be a new file; propose never overwrites the constitution it reads")
     if Path(output).exists() and not force:
@@ -319,6 +325,14 @@ def propose(
     cells = failing_cells(run_dir)
     if not cells:
         raise NothingToAmend(f"{run_dir}: the red-team run found no successful attacks; nothing to amend")
+    drafts: dict[str, int] | None = None
+    if drafter is not None:
+        from align.redteam.draft import draft_candidates
+
+        taken = {c.principle.id for c in candidates} | {c.principle.critique for c in candidates}
+        taken |= {p.id for p in old.principles} | {p.critique for p in old.principles}
+        drafted, drafts = draft_candidates(drafter, cells[:max_cells], failing_attacks(run_dir), taken)
+        candidates = [*candidates, *drafted]
     scores = None
     if scoring is not None:
         worst = cells[:max_cells]
@@ -361,4 +375,5 @@ def propose(
         ],
         "scores": scores,
         "worst_cells": [c.describe() for c in cells[:max_cells]],
+        **({"drafts": drafts} if drafts is not None else {}),
     }

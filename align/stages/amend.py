@@ -37,6 +37,19 @@ def amend(ctx: Context, constitution_path: Path, evidence: Path, feedback_model:
         "controls": controls[:64],
         "seed": ctx.config.seed,
     }
+    drafter = None
+    if section.draft_principles:
+        from align.config import SamplingSettings
+        from align.generation import build_backend
+
+        backend = build_backend(
+            ctx.config.eval.backend, str(feedback_model), trust_remote_code=ctx.config.trust_remote_code
+        )
+        sampling = SamplingSettings(max_new_tokens=160, temperature=0.0, batch_size=8)
+
+        def drafter(conversations: list) -> list[str]:
+            return backend.generate(conversations, sampling, ctx.config.seed, "drafting principles")
+
     try:
         result = propose(
             str(constitution_path),
@@ -46,6 +59,7 @@ def amend(ctx: Context, constitution_path: Path, evidence: Path, feedback_model:
             max_new=section.max_new_principles,
             force=True,
             scoring=scoring,
+            drafter=drafter,
         )
     except NothingToAmend as err:  # nothing to amend: the round goes on with the constitution it has
         result = {"from": None, "to": None, "added": [], "reason": str(err)}
