@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from align.constitution import Constitution, ConstitutionError, load_constitution_data
+from align.constitution import Constitution, ConstitutionError, load_constitution, load_constitution_data
 from align.constitution.diff import diff_constitutions
 from align.constitution.render import render_markdown, render_text
 from align.evaluation.metrics import COLUMNS, OTHER_SUITE, by_suite, judge_lines
@@ -774,6 +774,7 @@ def _loop_section(doc: Doc, run: RunDir) -> None:
         "the red-team columns are the attack on the round's final model."
     )
     doc.table(header, body, "ll" + "r" * (len(header) - 3) + "l")
+    current, _ = _load_snapshot(run)
     for where in _rounds(run.path):
         proposal = _dict(_read_json(where / "amend" / "proposal.json"))
         if proposal.get("added"):
@@ -784,8 +785,17 @@ def _loop_section(doc: Doc, run: RunDir) -> None:
                 Code(str(proposal.get("to"))),
                 f" from {proposal.get('from')}: ",
                 ", ".join(f"{a.get('id')} ({'; '.join(a.get('cells') or [])})" for a in proposal["added"]),
-                f" (align constitution diff {where.name}/amend/constitution.yaml).",
+                ".",
             )
+            try:
+                amended = load_constitution(str(where / "amend" / "constitution.yaml"))
+            except (ConstitutionError, OSError):
+                amended = None
+            if current is not None and amended is not None:
+                doc.diff(current, amended)
+                current = amended if proposal.get("adopted") else current
+        elif proposal:
+            doc.para(Strong(f"{where.name}:"), f" no amendment ({proposal.get('reason', 'nothing proposed')}).")
         red = _read_json(where / "red_team" / "asr.json")
         if isinstance(red, dict) and isinstance(red.get("cells"), dict):
             doc.heading(3, f"Red teaming after {where.name}")
