@@ -855,6 +855,16 @@ class RedTeamStageConfig:
     judge: Literal["refusal", "feedback"] = "refusal"  # feedback: the feedback model, as eval.feedback_model
     styles: list[str] | None = None  # None = every style
     num_principles: int = 2  # feedback judge: principles sampled per answer
+    # How attacks are proposed (align/redteam/strategies.py): mutation (the styles as templates), pair (an attacker
+    # LM rewrites an attack after reading the target's answer, after PAIR, Chao et al. 2023) and escalation
+    # (multi-turn, harmless opener to the request). Each slot of a batch draws one of them.
+    strategies: list[str] = dataclasses.field(default_factory=lambda: ["mutation"])
+    # pair: the attacker LM, a local directory or hub id (a served name with eval.backend kind openai), generated
+    # through eval.backend. None = the run's feedback model (eval.feedback_model, else the SFT model).
+    attacker_model: str | None = None
+    pair_iterations: int = 3  # pair: attacks per child while the target refuses (PAIR's depth K = 3)
+    attacker_max_new_tokens: int = 96  # pair: the attacker's rewrite is one line, cut to 600 characters
+    escalation_turns: int = 3  # escalation: user turns from the harmless opener to the request (>= 2)
 
     def __post_init__(self) -> None:
         if self.max_queries < 1 or self.batch_size < 1 or self.max_new_tokens < 1 or self.num_principles < 1:
@@ -862,10 +872,16 @@ class RedTeamStageConfig:
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ConfigError("max_seconds must be > 0")
         from align.redteam.mutations import STYLES
+        from align.redteam.search import check_strategies
 
         unknown = [s for s in self.styles or [] if s not in STYLES]
         if unknown:
             raise ConfigError(f"styles: unknown {unknown}; choose from {', '.join(STYLES)}")
+        check_strategies(self.strategies, self.pair_iterations, self.escalation_turns)
+        if self.attacker_max_new_tokens < 1:
+            raise ConfigError("attacker_max_new_tokens must be >= 1")
+        if self.attacker_model is not None and "pair" not in self.strategies:
+            raise ConfigError("attacker_model: only the pair strategy uses an attacker; add pair to strategies")
 
 
 @dataclass

@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
             if cfg.red_team.judge == "feedback"
             else "refusal",
         }
+        if "pair" in cfg.red_team.strategies:  # another attacker LM writes other attacks
+            red_inputs["attacker"] = cfg.red_team.attacker_model or cfg.eval.feedback_model or sft.output_id
         with run.stage("red_team", config=to_dict(cfg.red_team), inputs=red_inputs) as red:
             if not red.done:
                 red.record(stages.red_team(ctx, tuned.path, cfg.optimizer, feedback_model, red.work_dir))
