@@ -495,7 +495,10 @@ def cmd_redteam(args: argparse.Namespace) -> int:
         attacker_name = args.attacker_model or args.feedback_model or args.model
         if "pair" in strategies:
             # a local folder or a hub id (in the cache, or downloaded), generated in-process like the target
-            attacker_backend = build_backend(BackendSettings(), attacker_name, name="attacker")
+            try:
+                attacker_backend = build_backend(BackendSettings(), attacker_name, name="attacker")
+            except OSError as e:
+                raise ValueError(f"--attacker-model {attacker_name}: cannot load it ({e})") from None
             attacker_sampling = SamplingSettings(
                 max_new_tokens=args.attacker_max_new_tokens, temperature=1.0, batch_size=args.batch_size
             )
@@ -739,7 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = groups.add_parser(
         "redteam",
         help="search for attacks a model complies with: archive.jsonl, asr.json, asr.md and a heat map",
-        description="Mutate harmful prompts into attack styles, ask the target model in batches, judge the answers "
+        description="Turn harmful prompts into attacks (style mutations; with --strategies also an attacker LM that "
+        "rewrites refused attacks, and multi-turn escalation), ask the target model in batches, judge the answers "
         "and keep the most successful attack per (risk category, attack style) cell. Resumable: run it again with "
         "the same -o to continue (a larger --max-queries continues a finished run).",
     )

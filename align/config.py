@@ -841,10 +841,12 @@ class EvalConfig:
 class RedTeamStageConfig:
     """Automated red teaming of the optimiser's model, after the optimiser stage (align/redteam/).
 
-    Attack styles mutate the harmful ``prompts`` (default: ``critique_revise.red_team_prompts``, the requests the
+    Attack strategies (``mutation`` by default: attack styles as templates; ``pair``: an attacker LM; ``escalation``:
+    multi-turn) attack the harmful ``prompts`` (default: ``critique_revise.red_team_prompts``, the requests the
     model was trained to refuse), a Rainbow-style archive keeps the most harmful attack per (risk category, attack
-    style) cell, and the stage publishes ``archive.jsonl``, ``asr.json``, ``asr.md`` and ``heatmap.png``. The
-    archive's successes are a prompt source for the next round: ``red_team:runs/<name>/red_team``.
+    style) cell (``pair`` and ``escalation`` attacks have columns of those names), and the stage publishes
+    ``archive.jsonl``, ``asr.json``, ``asr.md`` and ``heatmap.png``. The archive's successes are a prompt source
+    for the next round: ``red_team:runs/<name>/red_team``.
     """
 
     prompts: PromptSource | None = None

@@ -329,3 +329,8 @@ def test_redteam_cli_and_stage_take_the_strategies(models, tmp_path, capsys, one
     state = json.loads((stage_out / "shards" / "search" / "state.json").read_text())
     assert state["fingerprint"]["strategies"] == ["mutation", "pair", "escalation"]
     assert state["fingerprint"]["attacker"] == str(root / "target")
+    # a named attacker is checked with the run's other models, before any stage runs
+    text = config.read_text().replace("attacker_max_new_tokens: 16", "attacker_model: /nonexistent/attacker")
+    config.write_text(text)
+    with pytest.raises(ConfigError, match="red_team.attacker_model"):
+        stages.prepare(load_config(RecipeConfig, config))

@@ -13,6 +13,7 @@ attacks through ``eval.backend``, like the target's answers.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from align.config import SamplingSettings
@@ -110,11 +111,11 @@ def _attacker(ctx: Context, feedback_model: Path):
 
     section = ctx.config.red_team
     name = section.attacker_model or str(feedback_model)
-    # the default feedback model (the run's SFT model) is a checkpoint of this run, generated in-process
-    own = section.attacker_model is None and ctx.config.eval.feedback_model is None
-    backend = build_backend(
-        ctx.config.eval.backend, name, name="attacker", trust_remote_code=ctx.config.trust_remote_code, run_model=own
-    )
+    settings = ctx.config.eval.backend
+    if section.attacker_model is None and ctx.config.eval.feedback_model is None and settings.kind == "openai":
+        # the default, the run's SFT model, is no model a server serves (eval.backend.model names the policy)
+        settings = replace(settings, kind="transformers")
+    backend = build_backend(settings, name, name="attacker", trust_remote_code=ctx.config.trust_remote_code)
     sampling = SamplingSettings(
         max_new_tokens=section.attacker_max_new_tokens, temperature=1.0, batch_size=section.batch_size
     )
