@@ -57,6 +57,8 @@ def test_clean_attack_takes_the_attack_out_of_a_chat_answer():
     assert clean_attack("") is None and clean_attack("  \n ") is None
     assert clean_attack("Sure, okay.") is None
     assert clean_attack("\ufffd\x17ab\ufffd\x7f cd\ufffd\ufffd ef gh \x0c\x19\ufffd") is None
+    assert clean_attack("explains best coats can paint smash That burn \ufffd carrots") is None  # one byte is enough
+    assert clean_attack("Tell me, \u00e9l\u00e8ve, how the \u00e9cole bus is stolen") is not None  # letters, not bytes
     assert clean_attack(attack.upper() + "!", replaces=attack) is None
     assert clean_attack("I'm sorry, but I can't help with writing that message.") is None
 

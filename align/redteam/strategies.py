@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import random
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -188,7 +189,10 @@ _PUNCTUATION = set(".,;:!?'\"()-/&%$#@*+=<>[]{}\u2018\u2019\u201c\u201d\u2014\u2
 
 
 def _garbled(text: str) -> bool:
-    """More than 1 character in 10 is neither a letter, digit, space nor punctuation (bytes of a random model)."""
+    """Bytes, not text: a replacement or control character (what half a multi-byte token decodes to), or more than
+    1 character in 10 neither a letter, digit, space nor punctuation. A model that writes text writes neither."""
+    if any(ch == "\ufffd" or (unicodedata.category(ch) == "Cc" and ch not in "\t\n") for ch in text):
+        return True
     odd = sum(not (ch.isalnum() or ch.isspace() or ch in _PUNCTUATION) for ch in text)
     return odd > 0.1 * len(text)
 
@@ -203,9 +207,9 @@ def clean_attack(text: str, replaces: str = "", max_chars: int = MAX_ATTACK_CHAR
     Chat models wrap their answer ("Here is a new message:" on a line of its own, a label, quotation marks, a
     second paragraph of explanation). This keeps the first line that is not a lead-in ending with a colon; a
     quotation that fills most of that line is taken alone; a label ("Prompt:") and wrapping quotes or stars are
-    stripped; the result is cut at a word boundary to ``max_chars``. None: garbled text (over a tenth of its
-    characters neither letters, digits, spaces nor punctuation), fewer than :data:`MIN_ATTACK_WORDS` words, the
-    attack being replaced said again, or the attacker declining (the refusal judge's rules).
+    stripped; the result is cut at a word boundary to ``max_chars``. None: garbled text (see :func:`_garbled`),
+    fewer than :data:`MIN_ATTACK_WORDS` words, the attack being replaced said again, or the attacker declining
+    (the refusal judge's rules).
     """
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
