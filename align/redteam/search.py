@@ -17,9 +17,9 @@ P(a refusal is better)). A world's reference judge never steers the search; it o
 judge's archived successes are real compliances (the judge's precision).
 
 Reproducible and resumable: iteration ``i`` draws from ``Random(f"{seed}:{i}")``, the target is greedy and the
-attacker samples with a seed drawn from that rng, so a
-run killed after any iteration and run again continues from ``state.json`` (written atomically after every
-iteration, with ``archive.jsonl`` and ``asr.json``) to the same archive. ``max_queries`` is the run's total
+attacker samples with a seed drawn from that rng, so a run killed after any iteration and run again continues
+from ``state.json`` (written atomically after every iteration, with ``archive.jsonl`` and ``asr.json``) to the
+same archive. ``max_queries`` is the run's total
 budget of target queries (a re-run with a larger one continues); ``max_seconds`` limits each invocation.
 """
 
@@ -91,6 +91,7 @@ class SearchSettings:
         unknown = [s for s in self.styles if s not in STYLES]
         if unknown or not self.styles:
             raise ConfigError(f"styles: unknown {unknown}; choose from {', '.join(STYLES)}")
+        self.strategies = tuple(self.strategies)
         check_strategies(self.strategies, self.pair_iterations, self.escalation_turns)
 
 
@@ -342,9 +343,8 @@ def run_search(
                 kept += state.archive.add(entry)
                 attempts += 1
                 if not entry.success and draft.round + 1 < draft.strategy.rounds:
-                    answered = Parent(
-                        entry.request, entry.category, entry.style, tuple(conversation), response
-                    )  # the next round reads this attack and the target's answer to it
+                    # the next round reads this attack and the target's answer to it
+                    answered = Parent(entry.request, entry.category, entry.style, tuple(conversation), response)
                     child = draft.strategy.propose(answered, rng)
                     next_id = f"{draft.id.split('.')[0]}.{draft.round + 1}"
                     again.append(
