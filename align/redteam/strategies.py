@@ -182,8 +182,6 @@ _LABEL = re.compile(
 )
 _QUOTED = re.compile(r'"([^"\n]+)"|\u201c([^\u201d\n]+)\u201d')
 _WORDS = re.compile(r"[A-Za-z][A-Za-z']*")
-
-
 _LETTER_WORDS = re.compile(r"[^\W\d_]{2,}")  # words of two letters or more, in any alphabet
 _PUNCTUATION = set(".,;:!?'\"()-/&%$#@*+=<>[]{}\u2018\u2019\u201c\u201d\u2014\u2013")
 
