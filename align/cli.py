@@ -491,15 +491,38 @@ def cmd_redteam(args: argparse.Namespace) -> int:
         prompts, _ = load_prompts(source, world, "--prompts")
         seeds = seeds_from_prompts(prompts)
         styles = tuple(s.strip() for s in args.styles.split(",")) if args.styles else None
+        strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
         settings = SearchSettings(
             max_queries=args.max_queries,
             max_seconds=args.max_seconds,
             batch_size=args.batch_size,
             seed=args.seed,
             **({"styles": styles} if styles else {}),
+            strategies=strategies,
+            pair_iterations=args.pair_iterations,
+            escalation_turns=args.escalation_turns,
         )
+        if args.attacker_model and "pair" not in strategies:
+            raise ValueError("--attacker-model is for --strategies with pair; the other strategies use no attacker")
+        if args.attacker_max_new_tokens < 1:
+            raise ValueError("--attacker-max-new-tokens must be >= 1")
         judge = _redteam_judge(args, config, world)
         from align.generation import build_backend
+
+        attacker = None
+        attacker_name = args.attacker_model or args.feedback_model or args.model
+        if "pair" in strategies:
+            # a local folder or a hub id (in the cache, or downloaded), generated in-process like the target
+            try:
+                attacker_backend = build_backend(BackendSettings(), attacker_name, name="attacker")
+            except OSError as e:
+                raise ValueError(f"--attacker-model {attacker_name}: cannot load it ({e})") from None
+            attacker_sampling = SamplingSettings(
+                max_new_tokens=args.attacker_max_new_tokens, temperature=1.0, batch_size=args.batch_size
+            )
+
+            def attacker(conversations: list, seed: int) -> list[str]:
+                return attacker_backend.generate(conversations, attacker_sampling, seed, "red team attacker")
 
         backend = build_backend(BackendSettings(), args.model, name="target", run_model=True)
         sampling = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=0.0, batch_size=args.batch_size)
@@ -513,12 +536,23 @@ def cmd_redteam(args: argparse.Namespace) -> int:
             "judge": args.judge,
             "max_new_tokens": args.max_new_tokens,
         }
+        if attacker is not None:
+            local = Path(attacker_name)
+            fingerprint["attacker"] = str(local.resolve()) if local.is_dir() else attacker_name
         reference = world.reference_judge() if world is not None else None
         from align.generation.base import generation_meter
 
         with generation_meter("red team"):  # one throughput line for the whole search, not one per batch
             summary = run_search(
-                seeds, target, judge, out, settings, fingerprint=fingerprint, reference=reference, log=_err
+                seeds,
+                target,
+                judge,
+                out,
+                settings,
+                fingerprint=fingerprint,
+                reference=reference,
+                attacker=attacker,
+                log=_err,
             )
     except (ConfigError, DataError, ValueError) as e:
         _err(f"error: {e}")
@@ -731,7 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = groups.add_parser(
         "redteam",
         help="search for attacks a model complies with: archive.jsonl, asr.json, asr.md and a heat map",
-        description="Mutate harmful prompts into attack styles, ask the target model in batches, judge the answers "
+        description="Turn harmful prompts into attacks (style mutations; with --strategies also an attacker LM that "
+        "rewrites refused attacks, and multi-turn escalation), ask the target model in batches, judge the answers "
         "and keep the most successful attack per (risk category, attack style) cell. Resumable: run it again with "
         "the same -o to continue (a larger --max-queries continues a finished run).",
     )
@@ -747,6 +782,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="attacks per iteration (one generation batch)")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--styles", metavar="A,B", help="attack styles to use (default: all)")
+    p.add_argument(
+        "--strategies",
+        default="mutation",
+        metavar="A,B",
+        help="how attacks are proposed: mutation (style templates), pair (an attacker LM rewrites refused attacks), "
+        "escalation (multi-turn); default mutation",
+    )
+    p.add_argument(
+        "--attacker-model",
+        metavar="MODEL",
+        help="pair: the attacker LM, a folder or hub id (default: the judge's --feedback-model, else --model)",
+    )
+    p.add_argument("--pair-iterations", type=int, default=3, help="pair: attacks per child while refused (default 3)")
+    p.add_argument("--attacker-max-new-tokens", type=int, default=96)
+    p.add_argument(
+        "--escalation-turns", type=int, default=3, help="escalation: user turns, opener to request (default 3)"
+    )
     p.add_argument("--limit", type=int, help="use the first N prompts of the source")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")

@@ -841,10 +841,12 @@ class EvalConfig:
 class RedTeamStageConfig:
     """Automated red teaming of the optimiser's model, after the optimiser stage (align/redteam/).
 
-    Attack styles mutate the harmful ``prompts`` (default: ``critique_revise.red_team_prompts``, the requests the
+    Attack strategies (``mutation`` by default: attack styles as templates; ``pair``: an attacker LM; ``escalation``:
+    multi-turn) attack the harmful ``prompts`` (default: ``critique_revise.red_team_prompts``, the requests the
     model was trained to refuse), a Rainbow-style archive keeps the most harmful attack per (risk category, attack
-    style) cell, and the stage publishes ``archive.jsonl``, ``asr.json``, ``asr.md`` and ``heatmap.png``. The
-    archive's successes are a prompt source for the next round: ``red_team:runs/<name>/red_team``.
+    style) cell (``pair`` and ``escalation`` attacks have columns of those names), and the stage publishes
+    ``archive.jsonl``, ``asr.json``, ``asr.md`` and ``heatmap.png``. The archive's successes are a prompt source
+    for the next round: ``red_team:runs/<name>/red_team``.
     """
 
     prompts: PromptSource | None = None
@@ -855,6 +857,16 @@ class RedTeamStageConfig:
     judge: Literal["refusal", "feedback"] = "refusal"  # feedback: the feedback model, as eval.feedback_model
     styles: list[str] | None = None  # None = every style
     num_principles: int = 2  # feedback judge: principles sampled per answer
+    # How attacks are proposed (align/redteam/strategies.py): mutation (the styles as templates), pair (an attacker
+    # LM rewrites an attack after reading the target's answer, after PAIR, Chao et al. 2023) and escalation
+    # (multi-turn, harmless opener to the request). Each slot of a batch draws one of them.
+    strategies: list[str] = dataclasses.field(default_factory=lambda: ["mutation"])
+    # pair: the attacker LM, a local directory or hub id (a served name with eval.backend kind openai), generated
+    # through eval.backend. None = the run's feedback model (eval.feedback_model, else the SFT model).
+    attacker_model: str | None = None
+    pair_iterations: int = 3  # pair: attacks per child while the target refuses (PAIR's depth K = 3)
+    attacker_max_new_tokens: int = 96  # pair: the attacker's rewrite is one line, cut to 600 characters
+    escalation_turns: int = 3  # escalation: user turns from the harmless opener to the request (>= 2)
     # The closed loop (MART, Ge et al. 2023; IterAlign, Chen et al. 2024): after the first red team, each of
     # ``rounds`` rounds proposes a constitution amendment from the attacks that worked, critiques and revises
     # them (with every earlier round's), retrains SL-CAI, preferences, reward and the optimiser, evaluates, and
@@ -875,10 +887,16 @@ class RedTeamStageConfig:
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ConfigError("max_seconds must be > 0")
         from align.redteam.mutations import STYLES
+        from align.redteam.search import check_strategies
 
         unknown = [s for s in self.styles or [] if s not in STYLES]
         if unknown:
             raise ConfigError(f"styles: unknown {unknown}; choose from {', '.join(STYLES)}")
+        check_strategies(self.strategies, self.pair_iterations, self.escalation_turns)
+        if self.attacker_max_new_tokens < 1:
+            raise ConfigError("attacker_max_new_tokens must be >= 1")
+        if self.attacker_model is not None and "pair" not in self.strategies:
+            raise ConfigError("attacker_model: only the pair strategy uses an attacker; add pair to strategies")
 
 
 @dataclass

@@ -65,6 +65,12 @@ def round_stages(cfg: RecipeConfig, every: bool = False) -> list[str]:
     return [f"round{k}/{s}" for k in range(1, rounds + 1) for s in (ROUND_STAGES if every else planned)]
 
 
+def red_team_config(cfg: RecipeConfig) -> dict:
+    """The red_team stage's settings without the loop's: adding a round must not redo the attacks already made."""
+    loop = ("rounds", "adopt", "candidates", "max_new_principles", "draft_principles")
+    return {k: v for k, v in to_dict(cfg.red_team).items() if k not in loop}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(argv)
     cfg = load_config(RecipeConfig, args.config, overrides)
@@ -173,7 +179,9 @@ def main(argv: list[str] | None = None) -> dict:
             if cfg.red_team.judge == "feedback"
             else "refusal",
         }
-        with run.stage("red_team", config=to_dict(cfg.red_team), inputs=red_inputs) as red:
+        if "pair" in cfg.red_team.strategies:  # another attacker LM writes other attacks
+            red_inputs["attacker"] = cfg.red_team.attacker_model or cfg.eval.feedback_model or sft.output_id
+        with run.stage("red_team", config=red_team_config(cfg), inputs=red_inputs) as red:
             if not red.done:
                 red.record(stages.red_team(ctx, tuned.path, cfg.optimizer, feedback_model, red.work_dir))
 
@@ -329,7 +337,9 @@ def closed_loop_round(run: Run, ctx: stages.Context, k: int, sft, previous: dict
         "prompts": ctx.fingerprint("red_team.prompts"),
         "judge": [str(feedback_model), constitution.identity] if section.judge == "feedback" else "refusal",
     }
-    with run.stage(p + "red_team", config=to_dict(section), inputs=red_inputs) as red:
+    if "pair" in section.strategies:
+        red_inputs["attacker"] = section.attacker_model or cfg.eval.feedback_model or sft.output_id
+    with run.stage(p + "red_team", config=red_team_config(cfg), inputs=red_inputs) as red:
         if not red.done:
             red.record(stages.red_team(ctx, tuned.path, p + cfg.optimizer, feedback_model, red.work_dir))
     return {"critique_revise": revised, "red_team": red, "attacks": attacks, "constitution_path": constitution_path}

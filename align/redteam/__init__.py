@@ -1,1 +1,2 @@
-"""Automated red teaming: attack styles (mutations), a Rainbow-style archive and the search loop that fills it."""
+"""Automated red teaming: attack strategies (style mutations, an attacker LM, multi-turn escalation), a Rainbow-style
+archive and the search loop that fills it."""

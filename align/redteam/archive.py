@@ -40,6 +40,7 @@ class Entry:
     score: float
     parent: str | None
     iteration: int
+    strategy: str = "mutation"  # which strategy proposed it (align/redteam/strategies.py)
 
     @property
     def cell(self) -> Cell:

@@ -94,6 +94,10 @@ def check_models(config: RecipeConfig, world: World | None) -> None:
         else None,
         "preferences.feedback_model": config.preferences.feedback_model,
         "eval.feedback_model": config.eval.feedback_model,
+        # the pair strategy's attacker goes through eval.backend: a served name is the server's to check
+        "red_team.attacker_model": config.red_team.attacker_model
+        if config.red_team is not None and config.eval.backend.kind != "openai"
+        else None,
     }
     for name, model in fields.items():
         if model is None:

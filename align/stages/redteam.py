@@ -5,11 +5,15 @@ stage's ``shards/`` folder, which the pipeline keeps when a stage dies and drops
 killed stage, run again, continues the search where it stopped. When it finishes, ``archive.jsonl``,
 ``asr.json``, ``asr.md`` and ``heatmap.png`` are copied to the stage folder, where ``red_team:<stage dir>``
 reads them as prompts for the next round.
+
+With the pair strategy an attacker LM (``red_team.attacker_model``, default the run's feedback model) writes
+attacks through ``eval.backend``, like the target's answers.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from align.config import SamplingSettings
@@ -34,6 +38,9 @@ def red_team(ctx: Context, model_dir: Path, model_name: str, feedback_model: Pat
         batch_size=section.batch_size,
         seed=ctx.config.seed,
         **({"styles": tuple(section.styles)} if section.styles else {}),
+        strategies=tuple(section.strategies),
+        pair_iterations=section.pair_iterations,
+        escalation_turns=section.escalation_turns,
     )
     state = process_state()
     search_dir = out / "shards" / "search"
@@ -53,6 +60,9 @@ def red_team(ctx: Context, model_dir: Path, model_name: str, feedback_model: Pat
             return backend.generate(conversations, sampling, ctx.config.seed, f"red team {model_name}")
 
         fingerprint = {"model": model_name, "judge": section.judge, "max_new_tokens": section.max_new_tokens}
+        attacker = None
+        if "pair" in section.strategies:
+            attacker, fingerprint["attacker"] = _attacker(ctx, feedback_model)
         reference = ctx.world.reference_judge() if ctx.world is not None else None
         with generation_meter(f"red team {model_name}"):
             summary = run_search(
@@ -63,6 +73,7 @@ def red_team(ctx: Context, model_dir: Path, model_name: str, feedback_model: Pat
                 settings,
                 fingerprint=fingerprint,
                 reference=reference,
+                attacker=attacker,
                 log=lambda line: print(f"[align] red_team: {line}", flush=True),
             )
         for name in OUTPUTS:
@@ -88,6 +99,31 @@ def red_team(ctx: Context, model_dir: Path, model_name: str, feedback_model: Pat
         [[c["category"], c["style"], c["attempts"], c["successes"], c["asr"]] for c in cells],
     )
     return Result(metrics, {"red_team_cells": table})
+
+
+def _attacker(ctx: Context, feedback_model: Path):
+    """The pair strategy's attacker LM through eval.backend, and its name for the search's fingerprint.
+
+    It defaults to the run's feedback model: a model the run already has, and one that writes whole sentences.
+    Sampled (temperature 1, as PAIR's attacker) with a seed the search draws, so a re-run writes the same attacks.
+    """
+    from align.generation import build_backend
+
+    section = ctx.config.red_team
+    name = section.attacker_model or str(feedback_model)
+    settings = ctx.config.eval.backend
+    if section.attacker_model is None and ctx.config.eval.feedback_model is None and settings.kind == "openai":
+        # the default, the run's SFT model, is no model a server serves (eval.backend.model names the policy)
+        settings = replace(settings, kind="transformers")
+    backend = build_backend(settings, name, name="attacker", trust_remote_code=ctx.config.trust_remote_code)
+    sampling = SamplingSettings(
+        max_new_tokens=section.attacker_max_new_tokens, temperature=1.0, batch_size=section.batch_size
+    )
+
+    def attacker(conversations: list, seed: int) -> list[str]:
+        return backend.generate(conversations, sampling, seed, "red team attacker")
+
+    return attacker, name
 
 
 def _judge(ctx: Context, feedback_model: Path):
