@@ -101,6 +101,9 @@ def test_a_rerun_skips_every_round_stage_and_unknown_stages_are_refused(loop):
     assert again.returncode == 0, again.stderr[-3000:]
     assert ": running (" not in again.stdout
     assert again.stdout.count("done with the same inputs, skipped") == 16
+    # the loop's own settings are not the red team's: changing them does not redo round 0's attacks
+    fewer = run_recipe(tmp, *LOOP, "--red_team.max_new_principles=1", "--until", "red_team")
+    assert fewer.returncode == 0 and "red_team: done with the same inputs, skipped" in fewer.stdout
     bad = run_recipe(tmp, *LOOP, "--force", "round2/sft_cai")
     assert bad.returncode == 2 and "unknown stage" in bad.stderr and "round1/sft_cai" in bad.stderr
     forced = run_recipe(tmp, *LOOP, "--force", "round1/eval", "--until", "round1/eval")
