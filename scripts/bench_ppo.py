@@ -113,6 +113,7 @@ def ensure_fixture(fixture: Path, config: str, max_prompt_length: int) -> None:
         env = {**os.environ, "ALIGN_CACHE": os.environ.get("ALIGN_CACHE", str(BENCH_DIR / "cache"))}
         cmd = [sys.executable, str(ROOT / "recipes" / "cai.py"), "--config", config]
         cmd += [f"--output_dir={fixture.parent}", f"--run_name={fixture.name}", "--report_to=none"]
+        cmd += ["--until=reward"]  # the bench needs the SL-CAI policy and the reward model, not the later stages
         cmd += RECIPE_OVERRIDES.get(Path(config).stem, [])
         subprocess.run(cmd, check=True, cwd=ROOT, env=env)
     from transformers import AutoTokenizer
