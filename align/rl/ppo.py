@@ -13,8 +13,10 @@ Kill it at any point and run it again: it resumes from the newest complete check
 and sampling is seeded by step number, so a resumed run takes the same path as an uninterrupted one.
 
 Speed comes from not doing work twice or on padding: the rollout's log-probabilities are those of the logits
-it sampled from (no second policy pass), each micro-batch is cut to its own longest prompt and answer, the
-policy's vocabulary projection runs on answer positions only, and the optimiser is fused.
+it sampled from (no second policy pass), and with ``value_model: shared`` its values are read from the states
+generation computed (no second trunk pass); forward passes run in groups of rows of similar answer length, each
+cut to its own longest prompt and answer (``length_groups``); the policy's vocabulary projection runs on answer
+positions only, and the optimiser is fused.
 
 What fits on a GPU is set by ``value_model`` (a full critic, a LoRA adapter on the reward model's trunk, or a
 head on the policy's trunk) and ``gradient_checkpointing``; ``scripts/ppo_memory.py`` does the arithmetic for a
