@@ -160,11 +160,12 @@ def test_length_groups_give_the_loss_gradients_values_and_scores_of_one_pass(tmp
 
     runs = {}
     for groups in (1, 3):
-        ppo, _, _ = make_ppo(option, tmp_path / str(groups), length_groups=groups, max_new_tokens=12)
+        settings = dict(length_groups=groups, max_new_tokens=12, rollout_batch_size=12, mini_batch_size=12)
+        ppo, _, _ = make_ppo(option, tmp_path / str(groups), **settings)
         ppo.rollouts = EndsEarly(ppo.cfg, ppo.eos_id, ppo.pad_id)
         batch = ppo.rollout(0)
         ppo.advantages(batch)
-        stats = ppo.backward_micro_batch(batch, torch.arange(8), 0, scale=0.5, entropy=True)
+        stats = ppo.backward_micro_batch(batch, torch.arange(12), 0, scale=0.5, entropy=True)
         grads = {n: p.grad.clone() for n, p in ppo.module.named_parameters() if p.requires_grad}
         runs[groups] = batch, stats, grads
     (one, one_stats, one_grads), (split, split_stats, split_grads) = runs[1], runs[3]
@@ -183,8 +184,9 @@ def test_length_groups_give_the_loss_gradients_values_and_scores_of_one_pass(tmp
     # the groups: every row once, shortest answers first, at most `groups` of them
     mask = one["mask"]
     grouped = length_groups(mask, one["query_mask"], 3)
-    assert len(grouped) == 3 and sorted(torch.cat(grouped).tolist()) == list(range(8))
+    assert len(grouped) == 3 and sorted(torch.cat(grouped).tolist()) == list(range(12))
     assert mask[grouped[0]].sum(1).max() <= mask[grouped[-1]].sum(1).min()
+    assert len(length_groups(mask[:7], one["query_mask"][:7], 3)) == 1  # groups keep at least 4 rows
 
 
 @pytest.mark.parametrize("option", ["lora", "shared"])
