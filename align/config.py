@@ -521,6 +521,10 @@ class PPOStageConfig(ModelLoading):
     value_model: Literal["full", "lora", "shared"] = "full"
     value_lora: LoraSettings | None = None  # value_model: lora's rank/alpha/targets; None = those of `lora`
     gradient_checkpointing: bool = False  # recompute policy and value activations in backward (less memory)
+    # Forward passes over a micro-batch run in up to this many groups of rows of similar answer length, each cut
+    # to its own longest row, with each group's loss weighted by its share of the tokens: the same loss and
+    # gradients with less padding (answers vary from a few tokens to max_new_tokens). 1 = one pass per micro-batch.
+    length_groups: int = 4
     # How rollouts are sampled: transformers' generate in-process, or vLLM with the policy's weights synced after
     # every update (GPU; `pip install vllm`).
     rollout_backend: Literal["transformers", "vllm"] = "transformers"
@@ -537,6 +541,8 @@ class PPOStageConfig(ModelLoading):
                     "rollout_backend: vllm is not installed (pip install vllm, on a CUDA machine); "
                     "use rollout_backend: transformers"
                 )
+        if self.length_groups < 1:
+            raise ConfigError("length_groups must be >= 1 (1 = one forward pass per micro-batch)")
         if self.rollout_batch_size % self.mini_batch_size:
             raise ConfigError("rollout_batch_size must be a multiple of mini_batch_size")
         if self.mini_batch_size % self.gradient_accumulation_steps:

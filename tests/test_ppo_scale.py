@@ -125,6 +125,70 @@ def test_shared_critic_takes_logits_and_values_from_one_trunk_pass(tmp_path):
         assert torch.allclose(logits, reference.logits[:, :-1], atol=1e-5)
 
 
+def test_shared_critic_rollout_values_come_from_generation_and_equal_a_trunk_pass(tmp_path):
+    ppo, policy, _ = make_ppo("shared", tmp_path)
+    with torch.no_grad():
+        ppo.module.value_head.weight.normal_(0, 1.0)  # a head that reads the states (zeros would hide a mismatch)
+        ppo.module.value_head.bias.fill_(0.5)
+    calls = {"trunk": 0}
+    policy.model.register_forward_hook(lambda *a: calls.__setitem__("trunk", calls["trunk"] + 1))
+    batch = ppo.rollout(0)
+    width = batch["response"].shape[1]
+    # generation: one prefill and one pass per further token; no separate trunk pass for the values
+    assert calls["trunk"] <= width
+    ids, attn, width = ppo._sequence(batch)
+    with torch.no_grad():
+        expected = ppo.module.values(ids, attn, width)
+    mask = batch["mask"].bool()
+    assert mask.sum() > len(mask)  # answers longer than one token, so later states are checked too
+    assert torch.allclose(batch["values"][mask], expected[mask], atol=1e-5)
+
+
+@pytest.mark.parametrize("option", ["full", "shared"])
+def test_length_groups_give_the_loss_gradients_values_and_scores_of_one_pass(tmp_path, option):
+    """Rows in groups of similar length, each cut to its own width and weighted by its tokens: the same numbers."""
+    from align.rl.ppo import length_groups
+    from align.rl.rollouts import TransformersRollouts
+
+    class EndsEarly(TransformersRollouts):
+        """Answers of 2 to 9 tokens (a random tiny model never samples EOS by itself)."""
+
+        def generate(self, policy, query, query_mask, seed):
+            responses, logprobs = super().generate(policy, query, query_mask, seed)
+            responses[torch.arange(len(responses)), 1 + torch.arange(len(responses)) % 8] = self.eos_id
+            return responses, logprobs
+
+    runs = {}
+    for groups in (1, 3):
+        settings = dict(length_groups=groups, max_new_tokens=12, rollout_batch_size=12, mini_batch_size=12)
+        ppo, _, _ = make_ppo(option, tmp_path / str(groups), **settings)
+        ppo.rollouts = EndsEarly(ppo.cfg, ppo.eos_id, ppo.pad_id)
+        batch = ppo.rollout(0)
+        ppo.advantages(batch)
+        stats = ppo.backward_micro_batch(batch, torch.arange(12), 0, scale=0.5, entropy=True)
+        grads = {n: p.grad.clone() for n, p in ppo.module.named_parameters() if p.requires_grad}
+        runs[groups] = batch, stats, grads
+    (one, one_stats, one_grads), (split, split_stats, split_grads) = runs[1], runs[3]
+    lengths = one["mask"].sum(1)
+    assert lengths.min() < lengths.max()  # answers of different lengths: the groups have different widths
+    assert torch.equal(one["response"], split["response"])  # same samples (generation is not grouped)
+    real = one["mask"].bool()  # values after an answer's end are never read (masked in GAE and the losses)
+    assert torch.allclose(one["values"][real], split["values"][real], atol=1e-5)
+    for key in ("ref_logprobs", "scores", "advantages", "returns"):
+        assert torch.allclose(one[key], split[key], atol=1e-5), key
+    assert one_stats.keys() == split_stats.keys() and "entropy" in one_stats
+    for key in one_stats:
+        assert split_stats[key] == pytest.approx(one_stats[key], abs=1e-5), key
+    for name, grad in one_grads.items():
+        assert torch.allclose(grad, split_grads[name], atol=1e-6, rtol=1e-4), name
+    # the groups: every row once, shortest answers first, at most `groups` of them
+    mask = one["mask"]
+    grouped = length_groups(mask, one["query_mask"], 3)
+    assert len(grouped) == 3 and sorted(torch.cat(grouped).tolist()) == list(range(12))
+    assert mask[grouped[0]].sum(1).max() <= mask[grouped[-1]].sum(1).min()
+    assert len(length_groups(mask[:7], one["query_mask"][:7], 3)) == 1  # groups keep at least 4 rows
+
+
 @pytest.mark.parametrize("option", ["lora", "shared"])
 def test_resume_after_a_kill_gives_the_same_final_weights(tmp_path, option):
     overrides = dict(steps=4, save_steps=2)
@@ -177,7 +241,9 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path, opti
     lora = LoraSettings(enabled=policy_lora, r=RANK, alpha=8, dropout=0.0)
     runs, updates = {}, {}
     for checkpointing in (False, True):
-        ppo, _, _ = make_ppo(option, tmp_path / str(checkpointing), gradient_checkpointing=checkpointing, lora=lora)
+        # one pass per micro-batch (length_groups: 1), so the attention calls below count passes
+        settings = dict(gradient_checkpointing=checkpointing, lora=lora, length_groups=1)
+        ppo, _, _ = make_ppo(option, tmp_path / str(checkpointing), **settings)
         attention_calls = []
         for layer in ppo.module.modules():
             if type(layer).__name__ == "Qwen2Attention":

@@ -62,6 +62,24 @@ class TransformersRollouts:
         responses = out.sequences[:, query.shape[1] :]
         return responses, token_logprobs(torch.stack(out.logits, 1), responses, cfg.temperature)
 
+    @torch.no_grad()
+    def generate_with_states(
+        self, policy: nn.Module, trunk: nn.Module, query: Tensor, query_mask: Tensor, seed: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`generate`, plus the trunk's last hidden state before each response token [batch, tokens, hidden].
+
+        Those are the states a head on the policy's trunk (``value_model: shared``) reads, so the rollout's
+        values need no second trunk pass. A hook keeps only the newest position of each decoding step, not every
+        layer's states over the prompt as ``output_hidden_states`` would.
+        """
+        states: list[Tensor] = []
+        hook = trunk.register_forward_hook(lambda _m, _i, out: states.append(out.last_hidden_state[:, -1]))
+        try:
+            responses, logprobs = self.generate(policy, query, query_mask, seed)
+        finally:
+            hook.remove()
+        return responses, logprobs, torch.stack(states[: responses.shape[1]], 1)
+
     def sync(self, policy: nn.Module, step: int) -> None:
         """Nothing to do: it samples from the policy module itself."""
 
