@@ -591,6 +591,7 @@ def _redteam_judge(args: argparse.Namespace, config, world):
         refusal_for=world.refusal_for if world is not None else generic_refusal,
         num_principles=args.num_principles,
         seed=args.seed,
+        refusal_gate=RefusalJudge(config.eval.refusal if config is not None else None),
     )
 
 

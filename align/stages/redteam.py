@@ -142,4 +142,5 @@ def _judge(ctx: Context, feedback_model: Path):
         refusal_for=ctx.world.refusal_for if ctx.world is not None else generic_refusal,
         num_principles=section.num_principles,
         seed=ctx.config.seed,
+        refusal_gate=RefusalJudge(ctx.config.eval.refusal),  # a declined request is never a successful attack
     )
