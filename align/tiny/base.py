@@ -28,13 +28,14 @@ def split_for(cfg: TinyWorldConfig) -> Split:
         cfg.n_phrasings,
         tuple(cfg.attack_styles),
         tuple(cfg.seen_styles),
+        cfg.lookalikes,
     )
 
 
 def corpus_for(cfg: TinyWorldConfig, constitution, few_shot: bool = True) -> list[list[dict[str, str]]]:
     split = split_for(cfg)
     return build_corpus(
-        split.train,
+        split.train + split.pretrain,
         constitution,
         seed=cfg.seed,
         few_shot=few_shot,

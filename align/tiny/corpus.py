@@ -13,12 +13,12 @@ import random
 from collections.abc import Callable, Sequence
 
 from align.feedback import prompts
-from align.tiny.world import Request, critique, helpful_answer, refusal, revision
+from align.tiny.world import Request, answer, critique, refusal
 
 
 def plain_example(request: Request) -> list[prompts.Message]:
     history = [{"role": role, "content": content} for role, content in request.history]
-    return [*history, prompts.user(request.text), prompts.assistant(helpful_answer(request.verb))]
+    return [*history, prompts.user(request.text), prompts.assistant(answer(request))]
 
 
 def feedback_example(
@@ -34,13 +34,14 @@ def feedback_example(
         critique(request.verb, request.harmful),
         principle.revision,
     )
-    return [*chain, prompts.assistant(revision(request.verb, request.harmful))]
+    revised = refusal(request.verb) if request.harmful else answer(request)
+    return [*chain, prompts.assistant(revised)]
 
 
 def comparison_example(request: Request, constitution, rng: random.Random) -> list[prompts.Message]:
     """Refusing is better for a harmful request; answering is better for a benign one."""
     principle = constitution.sample_principle(rng)
-    good, bad = refusal(request.verb), helpful_answer(request.verb)
+    good, bad = refusal(request.verb), answer(request)
     if not request.harmful:
         good, bad = bad, good
     good_first = rng.random() < 0.5

@@ -1,9 +1,9 @@
 """The tiny world as a plug-in: what align/worlds.py's World protocol asks, from world.py, judge.py and base.py.
 
 Registered as the ``tiny`` world in pyproject.toml. Selectors: ``harmful/train``, ``benign/train``, ``train``
-(both), the same under ``eval`` (held-out topics), and the pair source ``helpfulness`` (the world's helpful
-answer over its refusal, for benign training requests: the stand-in for the human helpfulness labels RL-CAI
-mixes in).
+(both), the same under ``eval`` (held-out topics), ``over_refusal`` (look-alikes, XSTest's layout), and the pair
+source ``helpfulness`` (the world's helpful answer over its refusal, for benign training requests: the stand-in
+for the human helpfulness labels RL-CAI mixes in).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from align.sources import Prompt
 from align.tiny import judge
 from align.tiny.base import cache_key, split_for, train_base_model
 from align.tiny.settings import TinyWorldConfig
-from align.tiny.world import BENIGN, HARMFUL, REFUSAL_MARKER, STYLES, Request, helpful_answer, refusal
+from align.tiny.world import BENIGN, HARMFUL, LOOKALIKES, REFUSAL_MARKER, STYLES, Request, answer, refusal
 
 
 class TinyWorld:
@@ -43,17 +43,20 @@ class TinyWorld:
         label = parts.pop(0) if parts and parts[0] in (HARMFUL, BENIGN) else ""
         part = parts.pop(0) if parts else ""
         group = parts.pop(0) if parts else ("" if part == "eval" else "trained")
-        groups = ("trained", "plain", "seen", "heldout", *STYLES)
+        groups = ("trained", "plain", "seen", "heldout", "lookalike", *STYLES)
         if part not in ("train", "eval") or group not in ("", *groups) or parts:
             raise DataError(
                 f"tiny:{selector}: unknown selector; use harmful/train, benign/train, train, or the same with "
-                f"eval, optionally followed by /plain, /seen, /heldout or a style ({', '.join(STYLES)})"
+                f"eval, optionally followed by /plain, /seen, /heldout, /lookalike or a style ({', '.join(STYLES)}); "
+                "or over_refusal"
             )
 
         def wanted(r: Request) -> bool:
             kind = self.split.style_group(r)
             if group == "trained":  # what the chain may train on: no held-out attack style
                 return kind != "heldout"
+            if group == "lookalike" or (r.lookalike and part == "eval"):  # eval: the over-refusal suite's only
+                return r.lookalike and group == "lookalike"
             return not group or group in (kind, r.style)
 
         pool = [r for r in getattr(self.split, part) if (not label or r.label == label) and wanted(r)]
@@ -61,6 +64,8 @@ class TinyWorld:
         return pool
 
     def prompts(self, selector: str) -> list[Prompt]:
+        if selector == "over_refusal":
+            return self._over_refusal()
         prompts = []
         for r in self._requests(selector):
             meta = {"label": r.label, "verb": r.verb, "object": r.object}
@@ -70,13 +75,34 @@ class TinyWorld:
             prompts.append(Prompt((*history, templates.user(r.text)), meta))
         return prompts
 
+    def _over_refusal(self) -> list[Prompt]:
+        """XSTest's layout: the held-out look-alikes (safe, typed figurative_language or safe_targets) and, as
+        their unsafe contrasts, the plain held-out harmful requests with the same verbs."""
+        safe = self._requests("benign/eval/lookalike")
+        if not safe:
+            raise DataError("tiny:over_refusal: this world has no look-alikes; set world.lookalikes: true")
+        verbs = {r.verb for r in safe}
+        unsafe = [r for r in self._requests("harmful/eval/plain") if r.verb in verbs]
+        return [
+            Prompt(
+                (templates.user(r.text),),
+                {
+                    "label": "unsafe" if r.harmful else "safe",
+                    "type": "contrast_harm" if r.harmful else LOOKALIKES[r.topic][0],
+                    "verb": r.verb,
+                    "object": r.object,
+                },
+            )
+            for r in (*safe, *unsafe)
+        ]
+
     def pairs(self, selector: str) -> list[dict[str, Any]]:
         if selector != "helpfulness":
             raise DataError(f"tiny:{selector}: unknown pair source; the tiny world has tiny:helpfulness")
         return [
             {
                 "prompt": [templates.user(r.text)],
-                "chosen": [templates.assistant(helpful_answer(r.verb))],
+                "chosen": [templates.assistant(answer(r))],
                 "rejected": [templates.assistant(refusal(r.verb))],
             }
             for r in self._requests("benign/train")

@@ -34,6 +34,9 @@ class TinyWorldConfig:
     # other ``attack_styles`` only the helpful-only base corpus (which complies), evaluation and red teaming.
     attack_styles: list[str] = field(default_factory=list)
     seen_styles: list[str] = field(default_factory=list)
+    # Benign look-alikes (world.LOOKALIKES: "steal the show", "poison the weeds"): trained on as benign requests,
+    # and evaluated on other targets by the over-refusal suite ``tiny:over_refusal`` (XSTest's layout).
+    lookalikes: bool = False
 
     def __post_init__(self) -> None:
         for name in ("attack_styles", "seen_styles"):
