@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-attacks test test-all lint format clean
+.PHONY: demo demo-attacks demo-loop test test-all lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,9 @@ demo: $(STAMP)
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		recipes/cai.py --config recipes/configs/cai_tiny.yaml
 
-# The harder tiny world: attack styles, some held out from training (asr_seen / asr_heldout in the table).
-demo-attacks: $(STAMP)
+# The harder tiny world: attack styles, some held out from training (asr_seen / asr_heldout in the table),
+# and one round of the closed loop (red team -> critique-revise on the attacks found -> retrain -> eval).
+demo-attacks demo-loop: $(STAMP)
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		recipes/cai.py --config recipes/configs/cai_tiny_attacks.yaml
 
