@@ -878,6 +878,9 @@ class RedTeamStageConfig:
     # them (with every earlier round's), retrains SL-CAI, preferences, reward and the optimiser, evaluates, and
     # red-teams the new model, all under runs/<name>/round<k>/. 0: one red team, no retraining.
     rounds: int = 0
+    # Benign prompts added to every round's helpful mix (critique_revise.helpful_prompts), e.g. benign requests
+    # that look like the attacks: trained on attacks alone, a model learns to refuse what merely resembles them.
+    helpful_prompts: PromptSource | None = None
     adopt: bool = False  # train the next round on the proposed amendment (else it is only written for review)
     candidates: str | None = None  # candidate principles for the amendment (default: the shipped candidates file)
     max_new_principles: int = 2  # at most this many principles added per round
@@ -956,6 +959,7 @@ class RecipeConfig:
             "eval.over_refusal": self.eval.over_refusal,
             "eval.hhh": self.eval.hhh,
             "red_team.prompts": self.red_team.prompts if self.red_team is not None else None,
+            "red_team.helpful_prompts": self.red_team.helpful_prompts if self.red_team is not None else None,
         }
         return {field: source for field, source in found.items() if source is not None}
 
@@ -995,5 +999,7 @@ def apply_limit(config: RecipeConfig, limit: int) -> RecipeConfig:
     config.ppo = dataclasses.replace(config.ppo, steps=min(config.ppo.steps, limit), prompts=cap(config.ppo.prompts))
     if config.red_team is not None:
         rt = config.red_team
-        config.red_team = dataclasses.replace(rt, prompts=cap(rt.prompts), max_queries=min(rt.max_queries, limit))
+        config.red_team = dataclasses.replace(
+            rt, prompts=cap(rt.prompts), helpful_prompts=cap(rt.helpful_prompts), max_queries=min(rt.max_queries, limit)
+        )
     return config

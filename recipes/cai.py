@@ -67,7 +67,7 @@ def round_stages(cfg: RecipeConfig, every: bool = False) -> list[str]:
 
 def red_team_config(cfg: RecipeConfig) -> dict:
     """The red_team stage's settings without the loop's: adding a round must not redo the attacks already made."""
-    loop = ("rounds", "adopt", "candidates", "max_new_principles", "draft_principles")
+    loop = ("rounds", "helpful_prompts", "adopt", "candidates", "max_new_principles", "draft_principles")
     return {k: v for k, v in to_dict(cfg.red_team).items() if k not in loop}
 
 
@@ -233,10 +233,11 @@ def closed_loop_round(run: Run, ctx: stages.Context, k: int, sft, previous: dict
     stages for the next round.
 
     The attacks of every red team so far (``red_team:<stage dir>``, whole conversations) join the red-team
-    prompts, the preference prompts and the online RL prompts; benign prompts stay as they were, so the model
-    keeps seeing wrapped benign requests answered. The helpful SFT model still writes the first responses, so
-    critique-and-revise regenerates only the new prompts and, after an adopted amendment, the samples whose
-    principles changed. SL-CAI and the rest start again from the SFT model, as in round 0, on the larger data.
+    prompts, the preference prompts and the online RL prompts; ``red_team.helpful_prompts`` (benign requests that
+    look like the attacks) join the helpful mix, so the model does not learn to refuse what merely resembles them.
+    The helpful SFT model still writes the first responses, so critique-and-revise regenerates only the new
+    prompts and, after an adopted amendment, the samples whose principles changed. SL-CAI and the rest start
+    again from the SFT model, as in round 0, on the larger data.
     """
     from dataclasses import replace
 
@@ -270,6 +271,10 @@ def closed_loop_round(run: Run, ctx: stages.Context, k: int, sft, previous: dict
     seen = {json.dumps(q.messages, sort_keys=True) for q in attacks}
     attacks = [*attacks, *(q for q in found if json.dumps(q.messages, sort_keys=True) not in seen)]
     data = {name: [*ctx.prompts(name), *attacks] for name in ATTACKED_SOURCES if name in ctx.data}
+    helpful = ctx.prompts("critique_revise.helpful_prompts")
+    known = {json.dumps(q.messages, sort_keys=True) for q in helpful}
+    extra = [q for q in ctx.prompts("red_team.helpful_prompts") if json.dumps(q.messages, sort_keys=True) not in known]
+    data["critique_revise.helpful_prompts"] = [*helpful, *extra]
     # the red team keeps attacking the plain requests it started from, not the wrapped attacks of earlier rounds
     data["red_team.prompts"] = ctx.prompts("red_team.prompts") or ctx.prompts("critique_revise.red_team_prompts")
     ctx = replace(ctx, constitution=constitution, data={**ctx.data, **data})
