@@ -18,6 +18,7 @@ LOOP = (
     "--red_team.max_new_tokens=16",
     "--red_team.rounds=1",
     "--red_team.adopt=true",
+    "--red_team.helpful_prompts=tiny:benign/eval",  # held-out benign requests: none of them in round 0's 24
 )
 ROUND = ["amend", "critique_revise", "sft_cai", "preferences", "reward", "dpo", "eval", "red_team"]
 
@@ -54,9 +55,11 @@ def test_the_attacks_that_worked_are_critiqued_and_revised_and_the_rest_is_reuse
     assert all(a in red for a in attacks)  # whole conversations: a multi-turn attack keeps its turns
     metrics = manifest(run_dir, "round1/critique_revise")["metrics"]
     # 24 red-team and 24 helpful prompts of round 0; the amendment changes which principle some prompts draw
-    assert metrics["red_team"] == 24 + len(attacks)
-    assert metrics["regenerated"] >= len(attacks) and metrics["reused"] > 0
-    assert metrics["reused"] + metrics["regenerated"] == 48 + len(attacks)
+    extra = [json.loads(line) for line in (run_dir / "round1" / "critique_revise" / "samples.jsonl").open()]
+    extra = [s["prompt"] for s in extra if s["kind"] == "helpful"][24:]
+    assert metrics["red_team"] == 24 + len(attacks) and metrics["helpful"] == 24 + len(extra) > 24
+    assert metrics["regenerated"] >= len(attacks) + len(extra) and metrics["reused"] > 0
+    assert metrics["reused"] + metrics["regenerated"] == 48 + len(attacks) + len(extra)
     prefs = manifest(run_dir, "round1/preferences")["inputs"]["prompts"]
     assert prefs != manifest(run_dir, "preferences")["inputs"]["prompts"]  # the attacks are labelled too
     # the round's red team attacks the plain requests again, not round 0's attacks
