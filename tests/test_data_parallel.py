@@ -23,8 +23,14 @@ N = 13  # odd, so the two shards differ in size
 
 
 def run(cmd: list[str], out: Path) -> dict:
+    """The replies of one launch. A launch whose only failure is gloo's abort at exit ("terminate called without
+    an active exception", after every process left the group: align.distributed.end_processes) is run once
+    more: this test checks what the processes generate; exiting cleanly is the next two tests' subject. A fresh
+    clone's test run saw that abort here once (rank 1, after the work was done)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0 and "terminate called without an active exception" in result.stderr:
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out.read_text())
 
