@@ -23,10 +23,9 @@ import torch
 
 from align import stages
 from align.config import ConfigError, RecipeConfig, apply_limit, load_config, to_dict
-from align.data import read_jsonl
 from align.pipeline import Run, write_json_atomic
 from align.stages.evaluate import summary_lines
-from align.stages.loop import closed_loop_round, red_team_config
+from align.stages.loop import closed_loop_round, red_team_stage, train_chain
 
 OPTIMIZERS = ["dpo", "ppo", "grpo", "rloo"]
 STAGES = ["sft", "critique_revise", "sft_cai", "preferences", "reward", *OPTIMIZERS, "red_team", "eval"]
@@ -107,76 +106,14 @@ def main(argv: list[str] | None = None) -> dict:
         if not sft.done:
             sft.record(stages.train_base(ctx, sft.work_dir))
 
-    # 2. Critique and revise (SL-CAI): responses to red-team prompts, critiqued and revised per sampled principle.
-    revise_inputs = {
-        "model": sft.output_id,
-        "constitution": constitution.identity,
-        "red_team": ctx.fingerprint("critique_revise.red_team_prompts"),
-        "helpful": ctx.fingerprint("critique_revise.helpful_prompts"),
-    }
-    with run.stage("critique_revise", config=to_dict(cfg.critique_revise), inputs=revise_inputs) as revised:
-        if not revised.done:
-            # Samples of the previous run whose principles did not change are reused, unless forced.
-            previous_file = revised.path / "samples.jsonl"
-            reuse = "critique_revise" not in run.force and previous_file.exists()
-            previous = read_jsonl(previous_file) if reuse else []
-            revised.record(stages.critique_revise(ctx, sft.path, sft.model_name, revised.work_dir, previous))
+    # 2-6. Critique and revise (SL-CAI) -> SFT on the revisions -> preferences (revision pairs or AI labels) ->
+    # reward model -> DPO / PPO / GRPO / RLOO from the SL-CAI model (align/stages/loop.py, shared with the loop).
+    revised, sl_cai, prefs, rw, tuned = train_chain(run, ctx, sft)
 
-    # 3. SFT on the revisions (and on helpful answers, so the model does not learn to refuse everything).
-    with run.stage("sft_cai", config=to_dict(cfg.sft_cai), inputs={"data": revised.output_id}) as sl_cai:
-        if not sl_cai.done:
-            sl_cai.record(stages.sft_cai(ctx, sft.path, revised.path, sl_cai.work_dir))
-
-    # 4. Preferences: revision-vs-original pairs, or RL-CAI labels from the feedback model (AI feedback).
-    pref_inputs = {
-        "samples": revised.output_id,
-        "sl_cai": sl_cai.output_id,
-        "sft": sft.output_id,
-        "constitution": constitution.identity,
-        "prompts": ctx.fingerprint("preferences.prompts"),
-        "helpfulness": ctx.fingerprint("preferences.helpfulness"),
-    }
-    with run.stage("preferences", config=to_dict(cfg.preferences), inputs=pref_inputs) as prefs:
-        if not prefs.done:
-            helpful, sl = (sft.path, sft.model_name), (sl_cai.path, sl_cai.model_name)
-            prefs.record(stages.preferences(ctx, helpful, sl, revised.path, prefs.work_dir))
-
-    # 5. Reward model: Bradley-Terry on the (soft) preference labels; held-out accuracy and calibration.
-    rw = None
-    if cfg.reward is not None:
-        reward_inputs = {"preferences": prefs.output_id, "init": sl_cai.output_id}
-        with run.stage("reward", config=to_dict(cfg.reward), inputs=reward_inputs) as rw:
-            if not rw.done:
-                rw.record(stages.reward(ctx, prefs.path, sl_cai.path, rw.work_dir))
-
-    # 6. Optimisation, from the SL-CAI model: DPO on the pairs, or PPO / GRPO / RLOO against the reward model.
-    section = getattr(cfg, cfg.optimizer)
-    tuned_inputs = {
-        "model": sl_cai.output_id,
-        "preferences": prefs.output_id,
-        "reward": rw.output_id if rw and cfg.optimizer != "dpo" else None,
-        "prompts": ctx.fingerprint(f"{cfg.optimizer}.prompts"),
-    }
-    with run.stage(cfg.optimizer, config=to_dict(section), inputs=tuned_inputs) as tuned:
-        if not tuned.done:
-            tuned.record(stages.optimise(ctx, sl_cai.path, prefs.path, rw.path if rw else None, tuned.work_dir))
-
-    # 7. Red teaming (with a red_team: section): attacks on the optimiser's model, archived per (category, style)
-    # cell; the archive is the prompt source red_team:<this stage's dir> for the next critique-revise round.
+    # 7. Red teaming (with a red_team: section): attacks on the optimiser's model, archived per (category, style).
     feedback_model = Path(cfg.eval.feedback_model) if cfg.eval.feedback_model else sft.path
     if cfg.red_team is not None:
-        red_inputs = {
-            "model": tuned.output_id,
-            "prompts": ctx.fingerprint("red_team.prompts") or ctx.fingerprint("critique_revise.red_team_prompts"),
-            "judge": [cfg.eval.feedback_model or sft.output_id, constitution.identity]
-            if cfg.red_team.judge == "feedback"
-            else "refusal",
-        }
-        if "pair" in cfg.red_team.strategies:  # another attacker LM writes other attacks
-            red_inputs["attacker"] = cfg.red_team.attacker_model or cfg.eval.feedback_model or sft.output_id
-        with run.stage("red_team", config=red_team_config(cfg), inputs=red_inputs) as red:
-            if not red.done:
-                red.record(stages.red_team(ctx, tuned.path, cfg.optimizer, feedback_model, red.work_dir))
+        red = red_team_stage(run, ctx, sft, tuned, feedback_model)
 
     # 8. Evaluation of every model of the run, the optimiser models of earlier runs in this directory included.
     models = {"base": sft, "sft_cai": sl_cai, cfg.optimizer: tuned}

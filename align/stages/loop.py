@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from align import stages
 from align.config import PromptSource, RecipeConfig, to_dict
 from align.data import read_jsonl
-from align.pipeline import Run
+from align.pipeline import Run, Stage
 from align.stages.evaluate import summary_lines
 
 OPTIMIZERS = ("dpo", "ppo", "grpo", "rloo")
@@ -23,6 +24,99 @@ def red_team_config(cfg: RecipeConfig) -> dict:
     """The red_team stage's settings without the loop's: adding a round must not redo the attacks already made."""
     loop = ("rounds", "helpful_prompts", "adopt", "candidates", "max_new_principles", "draft_principles")
     return {k: v for k, v in to_dict(cfg.red_team).items() if k not in loop}
+
+
+class Chain(NamedTuple):
+    """The stages of one pass of the chain after the base model (round 0's, or a loop round's)."""
+
+    revised: Stage
+    sl_cai: Stage
+    prefs: Stage
+    rw: Stage | None
+    tuned: Stage
+
+
+def train_chain(run: Run, ctx: stages.Context, sft: Stage, prefix: str = "", earlier_samples=()) -> Chain:
+    """critique_revise -> sft_cai -> preferences -> reward -> optimiser, each a stage ``<prefix><name>``.
+
+    Critique-and-revise reuses the samples of ``earlier_samples`` files (the round before) and of its own last run
+    whose principles did not change, unless the stage is forced; so a constitution edit or new prompts regenerate
+    only what they invalidate.
+    """
+    cfg, constitution = ctx.config, ctx.constitution
+    revise_inputs = {
+        "model": sft.output_id,
+        "constitution": constitution.identity,
+        "red_team": ctx.fingerprint("critique_revise.red_team_prompts"),
+        "helpful": ctx.fingerprint("critique_revise.helpful_prompts"),
+    }
+    with run.stage(prefix + "critique_revise", config=to_dict(cfg.critique_revise), inputs=revise_inputs) as revised:
+        if not revised.done:
+            files = [*earlier_samples, revised.path / "samples.jsonl"]
+            reuse = revised.name not in run.force
+            previous = [row for f in files if reuse and f.exists() for row in read_jsonl(f)]
+            revised.record(stages.critique_revise(ctx, sft.path, sft.model_name, revised.work_dir, previous))
+
+    # SFT on the revisions (and on helpful answers, so the model does not learn to refuse everything)
+    with run.stage(prefix + "sft_cai", config=to_dict(cfg.sft_cai), inputs={"data": revised.output_id}) as sl_cai:
+        if not sl_cai.done:
+            sl_cai.record(stages.sft_cai(ctx, sft.path, revised.path, sl_cai.work_dir))
+
+    # revision-vs-original pairs, or RL-CAI labels from the feedback model (AI feedback)
+    pref_inputs = {
+        "samples": revised.output_id,
+        "sl_cai": sl_cai.output_id,
+        "sft": sft.output_id,
+        "constitution": constitution.identity,
+        "prompts": ctx.fingerprint("preferences.prompts"),
+        "helpfulness": ctx.fingerprint("preferences.helpfulness"),
+    }
+    with run.stage(prefix + "preferences", config=to_dict(cfg.preferences), inputs=pref_inputs) as prefs:
+        if not prefs.done:
+            helpful, sl = (sft.path, sft.model_name), (sl_cai.path, sl_cai.model_name)
+            prefs.record(stages.preferences(ctx, helpful, sl, revised.path, prefs.work_dir))
+
+    # Bradley-Terry on the (soft) preference labels; held-out accuracy and calibration
+    rw = None
+    if cfg.reward is not None:
+        reward_inputs = {"preferences": prefs.output_id, "init": sl_cai.output_id}
+        with run.stage(prefix + "reward", config=to_dict(cfg.reward), inputs=reward_inputs) as rw:
+            if not rw.done:
+                rw.record(stages.reward(ctx, prefs.path, sl_cai.path, rw.work_dir))
+
+    # from the SL-CAI model: DPO on the pairs, or PPO / GRPO / RLOO against the reward model
+    tuned_inputs = {
+        "model": sl_cai.output_id,
+        "preferences": prefs.output_id,
+        "reward": rw.output_id if rw and cfg.optimizer != "dpo" else None,
+        "prompts": ctx.fingerprint(f"{cfg.optimizer}.prompts"),
+    }
+    section = to_dict(getattr(cfg, cfg.optimizer))
+    with run.stage(prefix + cfg.optimizer, config=section, inputs=tuned_inputs) as tuned:
+        if not tuned.done:
+            tuned.record(stages.optimise(ctx, sl_cai.path, prefs.path, rw.path if rw else None, tuned.work_dir))
+    return Chain(revised, sl_cai, prefs, rw, tuned)
+
+
+def red_team_stage(run: Run, ctx: stages.Context, sft: Stage, tuned: Stage, feedback_model: Path, prefix: str = ""):
+    """Attacks on the optimiser's model, archived per (category, style) cell: the stage ``<prefix>red_team``.
+
+    Its archive is the prompt source ``red_team:<stage dir>`` for the next round's critique-revise.
+    """
+    cfg = ctx.config
+    red_inputs = {
+        "model": tuned.output_id,
+        "prompts": ctx.fingerprint("red_team.prompts") or ctx.fingerprint("critique_revise.red_team_prompts"),
+        "judge": [cfg.eval.feedback_model or sft.output_id, ctx.constitution.identity]
+        if cfg.red_team.judge == "feedback"
+        else "refusal",
+    }
+    if "pair" in cfg.red_team.strategies:  # another attacker LM writes other attacks
+        red_inputs["attacker"] = cfg.red_team.attacker_model or cfg.eval.feedback_model or sft.output_id
+    with run.stage(prefix + "red_team", config=red_team_config(cfg), inputs=red_inputs) as red:
+        if not red.done:
+            red.record(stages.red_team(ctx, tuned.path, prefix + cfg.optimizer, feedback_model, red.work_dir))
+    return red
 
 
 def closed_loop_round(run: Run, ctx: stages.Context, k: int, sft, previous: dict, feedback_model: Path) -> dict:
@@ -78,50 +172,8 @@ def closed_loop_round(run: Run, ctx: stages.Context, k: int, sft, previous: dict
     ctx = replace(ctx, constitution=constitution, data={**ctx.data, **data})
     print(f"[align] {p}: {len(attacks)} attacks found so far join the training prompts", flush=True)
 
-    revise_inputs = {
-        "model": sft.output_id,
-        "constitution": constitution.identity,
-        "red_team": ctx.fingerprint("critique_revise.red_team_prompts"),
-        "helpful": ctx.fingerprint("critique_revise.helpful_prompts"),
-    }
-    with run.stage(p + "critique_revise", config=to_dict(cfg.critique_revise), inputs=revise_inputs) as revised:
-        if not revised.done:
-            # the samples of the round before, and of this round's last run, where their principles still hold
-            files = [previous["critique_revise"].path / "samples.jsonl", revised.path / "samples.jsonl"]
-            reuse = revised.name not in run.force
-            old = [row for f in files if reuse and f.exists() for row in read_jsonl(f)]
-            revised.record(stages.critique_revise(ctx, sft.path, sft.model_name, revised.work_dir, old))
-    with run.stage(p + "sft_cai", config=to_dict(cfg.sft_cai), inputs={"data": revised.output_id}) as sl_cai:
-        if not sl_cai.done:
-            sl_cai.record(stages.sft_cai(ctx, sft.path, revised.path, sl_cai.work_dir))
-    pref_inputs = {
-        "samples": revised.output_id,
-        "sl_cai": sl_cai.output_id,
-        "sft": sft.output_id,
-        "constitution": constitution.identity,
-        "prompts": ctx.fingerprint("preferences.prompts"),
-        "helpfulness": ctx.fingerprint("preferences.helpfulness"),
-    }
-    with run.stage(p + "preferences", config=to_dict(cfg.preferences), inputs=pref_inputs) as prefs:
-        if not prefs.done:
-            helpful, sl = (sft.path, sft.model_name), (sl_cai.path, sl_cai.model_name)
-            prefs.record(stages.preferences(ctx, helpful, sl, revised.path, prefs.work_dir))
-    rw = None
-    if cfg.reward is not None:
-        reward_inputs = {"preferences": prefs.output_id, "init": sl_cai.output_id}
-        with run.stage(p + "reward", config=to_dict(cfg.reward), inputs=reward_inputs) as rw:
-            if not rw.done:
-                rw.record(stages.reward(ctx, prefs.path, sl_cai.path, rw.work_dir))
-    tuned_inputs = {
-        "model": sl_cai.output_id,
-        "preferences": prefs.output_id,
-        "reward": rw.output_id if rw and cfg.optimizer != "dpo" else None,
-        "prompts": ctx.fingerprint(f"{cfg.optimizer}.prompts"),
-    }
-    section_config = to_dict(getattr(cfg, cfg.optimizer))
-    with run.stage(p + cfg.optimizer, config=section_config, inputs=tuned_inputs) as tuned:
-        if not tuned.done:
-            tuned.record(stages.optimise(ctx, sl_cai.path, prefs.path, rw.path if rw else None, tuned.work_dir))
+    earlier_samples = previous["critique_revise"].path / "samples.jsonl"
+    revised, sl_cai, prefs, rw, tuned = train_chain(run, ctx, sft, p, [earlier_samples])
     eval_inputs = {
         "sft_cai": sl_cai.output_id,
         cfg.optimizer: tuned.output_id,
@@ -135,14 +187,5 @@ def closed_loop_round(run: Run, ctx: stages.Context, k: int, sft, previous: dict
             paths = {"sft_cai": sl_cai.path, cfg.optimizer: tuned.path}
             notes = summary_lines(prefs.metrics, rw.metrics if rw else None)
             ev.record(stages.evaluate(ctx, paths, feedback_model, rw.path if rw else None, ev.work_dir, notes))
-    red_inputs = {
-        "model": tuned.output_id,
-        "prompts": ctx.fingerprint("red_team.prompts"),
-        "judge": [str(feedback_model), constitution.identity] if section.judge == "feedback" else "refusal",
-    }
-    if "pair" in section.strategies:
-        red_inputs["attacker"] = section.attacker_model or cfg.eval.feedback_model or sft.output_id
-    with run.stage(p + "red_team", config=red_team_config(cfg), inputs=red_inputs) as red:
-        if not red.done:
-            red.record(stages.red_team(ctx, tuned.path, p + cfg.optimizer, feedback_model, red.work_dir))
+    red = red_team_stage(run, ctx, sft, tuned, feedback_model, p)
     return {"critique_revise": revised, "red_team": red, "attacks": attacks, "constitution_path": constitution_path}
