@@ -6,6 +6,7 @@ Each round is the chain after the base model again, under ``round<k>/``, on the 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,7 +37,9 @@ class Chain(NamedTuple):
     tuned: Stage
 
 
-def train_chain(run: Run, ctx: stages.Context, sft: Stage, prefix: str = "", earlier_samples=()) -> Chain:
+def train_chain(
+    run: Run, ctx: stages.Context, sft: Stage, prefix: str = "", earlier_samples: Sequence[Path] = ()
+) -> Chain:
     """critique_revise -> sft_cai -> preferences -> reward -> optimiser, each a stage ``<prefix><name>``.
 
     Critique-and-revise reuses the samples of ``earlier_samples`` files (the round before) and of its own last run
@@ -98,7 +101,9 @@ def train_chain(run: Run, ctx: stages.Context, sft: Stage, prefix: str = "", ear
     return Chain(revised, sl_cai, prefs, rw, tuned)
 
 
-def red_team_stage(run: Run, ctx: stages.Context, sft: Stage, tuned: Stage, feedback_model: Path, prefix: str = ""):
+def red_team_stage(
+    run: Run, ctx: stages.Context, sft: Stage, tuned: Stage, feedback_model: Path, prefix: str = ""
+) -> Stage:
     """Attacks on the optimiser's model, archived per (category, style) cell: the stage ``<prefix>red_team``.
 
     Its archive is the prompt source ``red_team:<stage dir>`` for the next round's critique-revise.
@@ -119,7 +124,7 @@ def red_team_stage(run: Run, ctx: stages.Context, sft: Stage, tuned: Stage, feed
     return red
 
 
-def closed_loop_round(run: Run, ctx: stages.Context, k: int, sft, previous: dict, feedback_model: Path) -> dict:
+def closed_loop_round(run: Run, ctx: stages.Context, k: int, sft: Stage, previous: dict, feedback_model: Path) -> dict:
     """Round ``k`` of the loop: amend -> critique-revise -> SL-CAI -> preferences -> reward -> optimiser -> eval
     -> red team, each a stage under ``round<k>/``. Returns this round's critique_revise, red_team and constitution
     stages for the next round.
