@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -162,6 +163,7 @@ def summarise(result: dict) -> dict:
         "median_s": statistics.median(seconds),
         "mean_s": statistics.fmean(seconds),
         "peak_rss_mib": result["peak_rss_mib"],
+        "pass_tokens": statistics.median(s["pass_tokens"] for s in steps) if "pass_tokens" in steps[0] else math.nan,
         "reward_first": rewards[0],
         "reward_last": rewards[-1],
         "gain": statistics.fmean(rewards[-k:]) - statistics.fmean(rewards[:k]),
@@ -176,6 +178,7 @@ def print_table(summaries: dict[str, dict]) -> None:
         ("seconds / PPO step (median)", "median_s", "{:.3f}"),
         ("seconds / PPO step (mean)", "mean_s", "{:.3f}"),
         ("peak RSS (MiB)", "peak_rss_mib", "{:.0f}"),
+        ("tokens per forward pass over a rollout (median)", "pass_tokens", "{:.0f}"),
         ("reward, first step", "reward_first", "{:+.3f}"),
         ("reward, last step", "reward_last", "{:+.3f}"),
         ("reward gain (last k - first k steps)", "gain", "{:+.3f}"),
@@ -193,7 +196,8 @@ def print_table(summaries: dict[str, dict]) -> None:
             a = summaries[side]
             print(
                 f"{side} vs TRL: {trl['median_s'] / a['median_s']:.2f}x faster (median), "
-                f"{trl['mean_s'] / a['mean_s']:.2f}x (mean); peak RSS {a['peak_rss_mib'] / trl['peak_rss_mib']:.2f}x"
+                f"{trl['mean_s'] / a['mean_s']:.2f}x (mean); peak RSS {a['peak_rss_mib'] / trl['peak_rss_mib']:.2f}x; "
+                f"TRL's passes read {trl['pass_tokens'] / a['pass_tokens']:.2f}x the tokens"
             )
     any_side = next(iter(summaries.values()))
     print(f"\n{any_side['n']} steps per side; k = {any_side['k']}; first step excluded from the step times.")
@@ -262,7 +266,8 @@ def run_align(fixture: Path, cfg_dict: dict, out: Path, steps: int, seed: int, v
     train_ppo(policy, tokenizer, reward_model, prompts, cfg, str(out), seed=seed, reward_tokenizer=reward_tokenizer)
     history = json.loads((out / "log_history.json").read_text())
     logged = [h for h in history if "reward_mean" in h]
-    return [{"step": h["step"], "seconds": h["seconds"], "reward_mean": h["reward_mean"]} for h in logged]
+    keys = ("step", "seconds", "reward_mean", "pass_tokens")
+    return [{k: h[k] for k in keys} for h in logged]
 
 
 def trl_config(cfg: dict, steps: int, seed: int, out: Path):
@@ -336,6 +341,7 @@ def run_trl(fixture: Path, cfg: dict, out: Path, steps: int, seed: int, scoring:
         m.config.pad_token_id = tokenizer.pad_token_id
 
     raw_scores: list[torch.Tensor] = []
+    pass_tokens: list[int] = []  # TRL pads every row of a rollout to its longest prompt + longest response
     original = ppo_trainer.get_reward
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
 
@@ -358,6 +364,7 @@ def run_trl(fixture: Path, cfg: dict, out: Path, steps: int, seed: int, scoring:
     def get_reward(model, query_responses, pad_token_id, context_length):
         if model is not reward_model:  # the value model: TRL's own code
             return original(model, query_responses, pad_token_id, context_length)
+        pass_tokens.append(query_responses.numel())  # the rollout's ids, as each of TRL's passes reads them
         if scoring == "chat":
             score = conversation_scores(query_responses, context_length)
             logits, lengths = None, None
@@ -384,8 +391,10 @@ def run_trl(fixture: Path, cfg: dict, out: Path, steps: int, seed: int, scoring:
                     "seconds": now - self.last,
                     "reward_mean": scores.mean().item(),
                     "reward_std": scores.std().item(),
+                    "pass_tokens": sum(pass_tokens),
                 }
             )
+            pass_tokens.clear()
             self.last = now
 
     trainer = PPOTrainer(

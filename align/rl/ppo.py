@@ -265,20 +265,40 @@ def _trim(batch: dict[str, Tensor]) -> dict[str, Tensor]:
 
 # Rows a length group keeps at least: splitting further makes passes too small to keep a GPU busy.
 MIN_GROUP_ROWS = 4
+# What one more pass costs, as a share of one pass over all rows: a split must remove at least this much padding
+# per extra pass. Each op has a fixed cost per pass (with two CPU threads, waking the second one): on the demo
+# model's PPO update an extra pass cost about 20% of a whole one at two threads and next to nothing at one.
+EXTRA_PASS_COST = 0.1
+
+
+def cheapest_split(order: Tensor, width: Callable[[Tensor], int], groups: int) -> list[Tensor]:
+    """``order`` (rows sorted by length) in the number of consecutive groups, at most ``groups``, that costs least.
+
+    A split's cost is its padded tokens (each group's rows times its ``width``) plus ``EXTRA_PASS_COST`` of one
+    pass for each group beyond the first: groups pay where lengths vary (the smoke recipe's answers, from a few
+    tokens to ``max_new_tokens``: about half of one pass is padding, a fifth with four groups), not where they
+    are all alike (the demo model's answers, about 20 tokens each: four groups removed 7% of the tokens and its PPO
+    update took 1.7 s instead of 1.1 s at two threads). Groups keep at least ``MIN_GROUP_ROWS`` rows.
+    """
+    whole = len(order) * width(order)
+    best, best_cost = [order], float(whole)
+    for n_groups in range(2, min(groups, len(order) // MIN_GROUP_ROWS) + 1):
+        split = list(torch.tensor_split(order, n_groups))
+        cost = sum(len(g) * width(g) for g in split) + (n_groups - 1) * EXTRA_PASS_COST * whole
+        if cost < best_cost:
+            best, best_cost = split, cost
+    return best
 
 
 def length_groups(mask: Tensor, query_mask: Tensor, groups: int) -> list[Tensor]:
     """Row indices of a micro-batch in up to ``groups`` equal groups, sorted by answer then prompt length.
 
     Each group is cut to its own longest prompt and answer (:func:`_trim`), so a few answers that run to
-    ``max_new_tokens`` no longer make every row pay for their length: on the smoke recipe's rollouts about half
-    of a single pass was padding, a fifth with four groups (on the demo model's, whose answers are all about 20
-    tokens long, 12% and 5-9%). Groups keep at least ``MIN_GROUP_ROWS`` rows.
+    ``max_new_tokens`` no longer make every row pay for their length; :func:`cheapest_split` decides how many.
     """
     answer, prompt = mask.sum(1), query_mask.sum(1)
     order = torch.argsort(answer * (query_mask.shape[1] + 1) + prompt, stable=True)
-    n_groups = max(1, min(groups, len(order) // MIN_GROUP_ROWS))
-    return list(torch.tensor_split(order, n_groups))
+    return cheapest_split(order, lambda rows: int(prompt[rows].max() + answer[rows].max()), groups)
 
 
 class PPO:
@@ -372,6 +392,7 @@ class PPO:
         self._resume()
         self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
         self._perms: dict[int, list[int]] = {}
+        self.pass_tokens = 0  # of the newest rollout (logged)
         from align.rl.rollouts import make_rollout_generator
 
         policy = self.accelerator.unwrap_model(self.module).policy
@@ -444,11 +465,13 @@ class PPO:
         batch = {"query": query, "query_mask": query_mask, "response": responses, "mask": mask}
         ref_logprobs = torch.zeros(responses.shape, device=self.device)
         values = torch.zeros(responses.shape, device=self.device) if generation_values is None else generation_values
+        pass_tokens = 0  # what one forward pass over the rollout computes, padding included
         for lo in range(0, len(query), cfg.mini_batch_size):
             rows = torch.arange(lo, min(lo + cfg.mini_batch_size, len(query)), device=self.device)
             for group in length_groups(mask[rows], query_mask[rows], cfg.length_groups):
                 mb = _trim({k: v[rows[group]] for k, v in batch.items()})
                 ids, attn, width = self._sequence(mb)
+                pass_tokens += ids.numel()
                 if generation_values is None:
                     values[rows[group], :width] = module.values(ids, attn, width).float()
                 ref_logprobs[rows[group], :width] = self._ref_logprobs(ids, attn, mb["response"], width)
@@ -459,6 +482,7 @@ class PPO:
             scores=self.score([self.conversations[i] for i in indices], responses, mask),
             has_eos=has_eos,
         )
+        self.pass_tokens = pass_tokens
         return batch
 
     def _sequence(self, mb: dict[str, Tensor]) -> tuple[Tensor, Tensor, int]:
@@ -497,9 +521,9 @@ class PPO:
         conversations = [[*c, {"role": "assistant", "content": a}] for c, a in zip(conversations, answers)]
         seqs = self.reward_tokenizer.apply_chat_template(conversations, tokenize=True, return_dict=True)["input_ids"]
         scores = torch.zeros(len(seqs), device=self.device)
-        by_length = torch.argsort(torch.tensor([len(x) for x in seqs]), stable=True)
-        n_groups = max(1, min(self.cfg.length_groups, len(seqs) // MIN_GROUP_ROWS))
-        for group in torch.tensor_split(by_length, n_groups):  # less padding
+        lengths = torch.tensor([len(x) for x in seqs])
+        by_length = torch.argsort(lengths, stable=True)
+        for group in cheapest_split(by_length, lambda rows: int(lengths[rows].max()), self.cfg.length_groups):
             rows = [seqs[i] for i in group.tolist()]
             width = max(len(x) for x in rows)
             ids = torch.tensor([x + [pad] * (width - len(x)) for x in rows], device=self.device)
@@ -661,6 +685,9 @@ class PPO:
             "seconds": round(seconds, 4),
             "rollout_seconds": round(rollout_seconds, 4),
             "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+            # per process: what each pass over the rollout computes, and the share of it that is padding
+            "pass_tokens": self.pass_tokens,
+            "padding": round(1 - int(batch["mask"].sum() + batch["query_mask"].sum()) / self.pass_tokens, 4),
         }
         self.kl_ctl.update(shaping["kl"], cfg.rollout_batch_size * acc.num_processes)
         self.history.append(row)
