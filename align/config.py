@@ -523,8 +523,10 @@ class PPOStageConfig(ModelLoading):
     gradient_checkpointing: bool = False  # recompute policy and value activations in backward (less memory)
     # Forward passes over a micro-batch run in up to this many groups of rows of similar answer length, each cut
     # to its own longest row, with each group's loss weighted by its share of the tokens: the same loss and
-    # gradients with less padding (answers vary from a few tokens to max_new_tokens). 1 = one pass per micro-batch.
-    length_groups: int = 4
+    # gradients with less padding, for answers from a few tokens to max_new_tokens on a GPU. 1 (one pass per
+    # micro-batch) is the default: every extra pass pays each op's fixed cost again, and on CPU groups were never
+    # faster, at two threads far slower (align.rl.ppo.length_groups); fewer rows per pass hold fewer activations.
+    length_groups: int = 1
     # How rollouts are sampled: transformers' generate in-process, or vLLM with the policy's weights synced after
     # every update (GPU; `pip install vllm`).
     rollout_backend: Literal["transformers", "vllm"] = "transformers"

@@ -145,9 +145,8 @@ def test_shared_critic_rollout_values_come_from_generation_and_equal_a_trunk_pas
 
 
 @pytest.mark.parametrize("option", ["full", "shared"])
-def test_length_groups_give_the_loss_gradients_values_and_scores_of_one_pass(tmp_path, monkeypatch, option):
+def test_length_groups_give_the_loss_gradients_values_and_scores_of_one_pass(tmp_path, option):
     """Rows in groups of similar length, each cut to its own width and weighted by its tokens: the same numbers."""
-    monkeypatch.setattr("align.rl.ppo.EXTRA_PASS_COST", 0.0)  # split wherever it removes padding, however little
     from align.rl.ppo import length_groups
     from align.rl.rollouts import TransformersRollouts
 
@@ -188,33 +187,11 @@ def test_length_groups_give_the_loss_gradients_values_and_scores_of_one_pass(tmp
     assert len(grouped) == 3 and sorted(torch.cat(grouped).tolist()) == list(range(12))
     assert mask[grouped[0]].sum(1).max() <= mask[grouped[-1]].sum(1).min()
     assert len(length_groups(mask[:7], one["query_mask"][:7], 3)) == 1  # groups keep at least 4 rows
-    alike = torch.ones_like(mask)  # every answer as long as the longest: a split would remove no padding
-    assert len(length_groups(alike, torch.ones_like(one["query_mask"]), 3)) == 1
     # the logged tokens per pass: each group's rows times its own longest prompt plus its longest answer
     prompt_lengths, answer_lengths = one["query_mask"].sum(1), mask.sum(1)
     assert one_tokens == 12 * int(prompt_lengths.max() + answer_lengths.max())
     assert split_tokens == sum(len(g) * int(prompt_lengths[g].max() + answer_lengths[g].max()) for g in grouped)
     assert split_tokens < one_tokens
-
-
-def test_rows_are_split_only_where_the_padding_saved_pays_for_the_extra_pass():
-    from align.rl.ppo import cheapest_split
-
-    def split(lengths: list[int], groups: int) -> list[list[int]]:
-        lengths_t = torch.tensor(lengths)
-        order = torch.argsort(lengths_t, stable=True)
-        return [g.tolist() for g in cheapest_split(order, lambda rows: int(lengths_t[rows].max()), groups)]
-
-    # one pass: 8 x 10 = 80 tokens; two groups: 4 x 2 + 4 x 10 = 48, plus a tenth of 80 for the second pass = 56
-    assert split([2, 10, 2, 10, 2, 10, 2, 10], 4) == [[0, 2, 4, 6], [1, 3, 5, 7]]  # groups keep >= 4 rows
-    # 4 x 9 + 4 x 10 = 76, plus 8 = 84 > 80: one pass
-    assert split([9, 10, 9, 10, 9, 10, 9, 10], 4) == [[0, 2, 4, 6, 1, 3, 5, 7]]
-    # twelve rows of 1, 10 and 20 tokens: one pass 12 x 20 = 240; two groups 6 x 10 + 6 x 20 + 24 = 204;
-    # three 4 x 1 + 4 x 10 + 4 x 20 + 2 x 24 = 172
-    lengths = [20, 1, 10] * 4
-    assert [sorted(lengths[i] for i in g) for g in split(lengths, 3)] == [[1] * 4, [10] * 4, [20] * 4]
-    assert [len(g) for g in split(lengths, 2)] == [6, 6]
-    assert [len(g) for g in split(lengths, 1)] == [12]
 
 
 @pytest.mark.parametrize("option", ["lora", "shared"])
