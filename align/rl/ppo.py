@@ -14,8 +14,8 @@ and sampling is seeded by step number, so a resumed run takes the same path as a
 
 Speed comes from not doing work twice or on padding: the rollout's log-probabilities are those of the logits
 it sampled from (no second policy pass), and with ``value_model: shared`` its values are read from the states
-generation computed (no second trunk pass); forward passes run in groups of rows of similar answer length, each
-cut to its own longest prompt and answer (``length_groups``); the policy's vocabulary projection runs on answer
+generation computed (no second trunk pass); each pass is cut to its rows' longest prompt and answer, optionally in
+groups of rows of similar answer length (``length_groups``); the policy's vocabulary projection runs on answer
 positions only, and the optimiser is fused.
 
 What fits on a GPU is set by ``value_model`` (a full critic, a LoRA adapter on the reward model's trunk, or a
@@ -275,8 +275,7 @@ def length_groups(mask: Tensor, query_mask: Tensor, groups: int) -> list[Tensor]
     tokens per pass with four groups, on the demo model's, whose answers are all about 20 tokens long, 7%. Each
     extra pass pays every op's fixed cost again, so on CPU neither was faster than one pass (at two threads one
     pass was 18% faster on the smoke model, and the demo's update took 1.1 s instead of 1.7 s): the default is one
-    group. Groups keep at least ``MIN_GROUP_ROWS``
-    rows.
+    group. Groups keep at least ``MIN_GROUP_ROWS`` rows.
     """
     answer, prompt = mask.sum(1), query_mask.sum(1)
     order = torch.argsort(answer * (query_mask.shape[1] + 1) + prompt, stable=True)
