@@ -5,7 +5,9 @@
 
 One run prints, side by side: seconds per PPO step (median and mean over the steps after the first, which
 pays for warm-up), peak resident memory of the process (``ru_maxrss``: models, optimiser and activations),
-and the mean reward-model score of the first and last steps' rollouts with the gain between them.
+the tokens each forward pass over a rollout reads, padding included (both sides make the same passes, so this
+is the arithmetic each does), and the mean reward-model score of the first and last steps' rollouts with the
+gain between them.
 
 What it sets up, once, under ``.bench/`` (gitignored):
 
