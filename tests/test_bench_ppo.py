@@ -29,6 +29,8 @@ def test_summary_skips_the_first_step_time_and_averages_k_steps_at_each_end():
     assert s["mean_s"] == pytest.approx(23 / 7)
     assert s["k"] == 2 and s["gain"] == pytest.approx((6 + 7) / 2 - (0 + 1) / 2)
     assert (s["reward_first"], s["reward_last"], s["n"]) == (0.0, 7.0, 8)
+    tokens = [{**step, "pass_tokens": t} for step, t in zip(steps, [10, 30, 20, 40, 50, 60, 70, 80])]
+    assert bench.summarise({"steps": tokens, "peak_rss_mib": 100.0})["pass_tokens"] == 45  # median of all eight
 
 
 def test_one_column_per_critic_then_trl():
@@ -42,12 +44,15 @@ def test_table_compares_each_align_side_with_trl(capsys):
     row = {"mean_s": 1.0, "reward_first": 0.0, "reward_last": 0.0, "gain": 0.0, "k": 1, "n": 3}
     bench.print_table(
         {
-            "align[full]": {**row, "median_s": 2.0, "peak_rss_mib": 600.0},
-            "align[shared]": {**row, "median_s": 1.0, "peak_rss_mib": 500.0},
-            "trl": {**row, "median_s": 3.0, "mean_s": 3.0, "peak_rss_mib": 800.0},
+            "align[full]": {**row, "median_s": 2.0, "peak_rss_mib": 600.0, "pass_tokens": 1500.0},
+            "align[shared]": {**row, "median_s": 1.0, "peak_rss_mib": 500.0, "pass_tokens": 1600.0},
+            "trl": {**row, "median_s": 3.0, "mean_s": 3.0, "peak_rss_mib": 800.0, "pass_tokens": 1584.0},
         }
     )
     out = capsys.readouterr().out
     assert "| | align[full] | align[shared] | trl |" in out
-    assert "align[full] vs TRL: 1.50x faster (median), 3.00x (mean); peak RSS 0.75x" in out  # 3/2, 3/1, 600/800
-    assert "align[shared] vs TRL: 3.00x faster (median), 3.00x (mean); peak RSS 0.62x" in out  # 500/800 = 0.625
+    assert "| tokens per forward pass over a rollout (median) | 1500 | 1600 | 1584 |" in out
+    # 3/2, 3/1, 600/800, 1584/1500 = 1.056
+    assert "align[full] vs TRL: 1.50x faster (median), 3.00x (mean); peak RSS 0.75x; TRL's passes read 1.06x" in out
+    # 500/800 = 0.625, 1584/1600 = 0.99
+    assert "align[shared] vs TRL: 3.00x faster (median), 3.00x (mean); peak RSS 0.62x; TRL's passes read 0.99x" in out
